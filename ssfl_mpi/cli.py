@@ -1,0 +1,134 @@
+"""Command line: `ssfl-mpi run|bench ...`, one small function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import (DATASETS, DEVICES, METHODS, MODELS, PARTITIONS, SALIENCY_WEIGHTINGS,
+                     load_toml, make_config)
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line and exit 2 on every rank, not a usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# (flag, type or choices, help). Defaults live in Config only: unset flags do not override the file.
+RUN_OPTIONS = [
+    ("--method", METHODS, "federated method"),
+    ("--dataset", DATASETS, "data set; digits and synthetic ship offline"),
+    ("--data-root", str, "folder holding torchvision data sets"),
+    ("--model", MODELS, "model; auto picks by data set"),
+    ("--clients", int, "number of virtual clients K"),
+    ("--clients-per-round", int, "clients sampled each round M"),
+    ("--rounds", int, "federated rounds R"),
+    ("--local-epochs", int, "local epochs E per round"),
+    ("--batch-size", int, "local minibatch size B"),
+    ("--lr", float, "local learning rate"),
+    ("--momentum", float, "local SGD momentum"),
+    ("--weight-decay", float, "local weight decay"),
+    ("--grad-clip", float, "gradient norm clip per step (0: off)"),
+    ("--partition", PARTITIONS, "how training data is split over clients"),
+    ("--alpha", float, "Dirichlet concentration (smaller: more label skew)"),
+    ("--classes-per-client", int, "classes per client for the pathological partition"),
+    ("--sparsity", float, "fraction of prunable weights removed, 0 <= S < 1"),
+    ("--saliency-batches", int, "minibatches Q per client for SSFL saliency"),
+    ("--saliency-weighting", SALIENCY_WEIGHTINGS, "SSFL score weights: n_k/n or uniform"),
+    ("--synthetic-alpha", float, "FedProx Synthetic(alpha, beta): model heterogeneity"),
+    ("--synthetic-beta", float, "FedProx Synthetic(alpha, beta): input heterogeneity"),
+    ("--seed", int, "seed of every random stream"),
+    ("--eval-every", int, "evaluate the global model every N rounds (and the last)"),
+    ("--threads", int, "torch threads per rank (0: cores on the node / ranks on it)"),
+    ("--device", DEVICES, "auto: a GPU per rank round-robin when CUDA is present"),
+    ("--out", str, "result file (.h5); default results/<method>_<dataset>_s<S>_seed<seed>.h5"),
+]
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of options; flags override it")
+    for flag, kind, text in RUN_OPTIONS:
+        if isinstance(kind, tuple):
+            p.add_argument(flag, choices=kind, default=argparse.SUPPRESS, help=text)
+        else:
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
+    p.add_argument("--download", action="store_true", default=argparse.SUPPRESS,
+                   help="let torchvision download the data set (needs network)")
+    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                   help="replace an existing result file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ssfl-mpi", description="Salient Sparse Federated Learning over MPI. "
+                     "Launch with mpirun -n N (rank 0: server, ranks 1..N-1: clients).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="one federated run, results to HDF5")
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    comm = bench_sub.add_parser("comm", help="time one round's model traffic per transport")
+    comm.add_argument("--params", type=int, default=11_173_962,
+                      help="model size in float32 values (default: ResNet-18, CIFAR-10)")
+    comm.add_argument("--density", type=float, action="append",
+                      help="fraction of values kept (repeatable; default 0.5 and 0.1)")
+    comm.add_argument("--clients-per-worker", type=int, default=1)
+    comm.add_argument("--repeat", type=int, default=10, help="timed repetitions per case")
+    comm.add_argument("--warmup", type=int, default=2, help="untimed repetitions per case")
+    comm.add_argument("--out", default="results/bench_comm.h5")
+    comm.add_argument("--overwrite", action="store_true")
+    comm.add_argument("--spin", action="store_true",
+                      help="blocking MPI waits instead of polling (better when ranks <= cores)")
+    comm.set_defaults(func=cmd_bench_comm)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .runtime import run
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    cfg = make_config(load_toml(args.config) if args.config else {}, options)
+    world = mpi.Comm()
+    path = run(cfg, world)
+    if path is not None:
+        logging.getLogger("ssfl_mpi").info("wrote %s", path)
+    return EXIT_OK
+
+
+def cmd_bench_comm(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .bench import comm_benchmark
+
+    comm_benchmark(mpi.Comm(spin=args.spin), params=args.params, densities=args.density or [0.5, 0.1],
+                   clients_per_worker=args.clients_per_worker, repeat=args.repeat,
+                   warmup=args.warmup, out=args.out, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def _setup_logging() -> None:
+    from . import comm as mpi
+
+    level = logging.INFO if mpi.world_rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import comm as mpi
+
+    try:
+        _setup_logging()
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        mpi.report_usage_error(str(exc))
+        return EXIT_USAGE
+    except BaseException as exc:  # noqa: BLE001 - any other failure ends every rank, traceback once
+        if isinstance(exc, SystemExit) and exc.code in (0, None):  # --help
+            return EXIT_OK
+        mpi.abort_with_traceback(exc)
+        return EXIT_FAILURE

@@ -1,0 +1,182 @@
+"""The one run configuration: a frozen dataclass, validated once, loaded from TOML and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+METHODS = ("ssfl", "fedavg")
+DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100")
+TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
+MODELS = ("auto", "mlp", "cnn", "resnet18")
+PARTITIONS = ("iid", "dirichlet", "dirichlet-balanced", "pathological")
+SALIENCY_WEIGHTINGS = ("data-size", "uniform")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything that defines a run. Saved whole (as JSON) into every result file."""
+
+    method: str = "ssfl"
+    dataset: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    model: str = "auto"
+    clients: int = 20
+    clients_per_round: int = 10
+    rounds: int = 100
+    local_epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 5e-4
+    grad_clip: float = 10.0
+    partition: str = "dirichlet-balanced"
+    alpha: float = 0.3
+    classes_per_client: int = 2
+    sparsity: float = 0.5
+    saliency_batches: int = 1
+    saliency_weighting: str = "data-size"
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    seed: int = 0
+    eval_every: int = 1
+    threads: int = 0  # 0: cores of this node divided by ranks on it
+    device: str = "auto"
+    out: str = ""  # empty: results/<method>_<dataset>_s<sparsity>_seed<seed>.h5
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("model", self.model, MODELS)
+        _check_choice("partition", self.partition, PARTITIONS)
+        _check_choice("saliency-weighting", self.saliency_weighting, SALIENCY_WEIGHTINGS)
+        _check_choice("device", self.device, DEVICES)
+        for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
+                     "saliency_batches", "eval_every", "classes_per_client"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("threads", self.threads, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        if self.clients_per_round > self.clients:
+            raise UsageError(f"--clients-per-round ({self.clients_per_round}) must not exceed "
+                             f"--clients ({self.clients})")
+        _check_real("sparsity", self.sparsity)
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be in [0, 1) (fraction of prunable weights removed), "
+                             f"got {self.sparsity}")
+        for name in ("alpha", "lr", "synthetic_alpha", "synthetic_beta"):
+            _check_real(name, getattr(self, name))
+        if self.alpha <= 0:
+            raise UsageError(f"--alpha must be > 0 (Dirichlet concentration), got {self.alpha}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            _check_real(name, value)
+            if value < 0:
+                raise UsageError(f"--{_flag(name)} must be >= 0, got {value}")
+        if self.momentum >= 1:
+            raise UsageError(f"--momentum must be < 1, got {self.momentum}")
+        if self.synthetic_alpha < 0 or self.synthetic_beta < 0:
+            raise UsageError("--synthetic-alpha and --synthetic-beta must be >= 0")
+        if self.dataset in TORCHVISION_DATASETS and not self.download:
+            if not Path(self.data_root).is_dir():
+                raise UsageError(f"data root {self.data_root!r} does not exist: put {self.dataset} "
+                                 f"there or pass --download (needs network)")
+
+    # Derived values are methods, never written back into the object.
+    @property
+    def density(self) -> float:
+        return 1.0 - self.sparsity
+
+    @property
+    def sparse(self) -> bool:
+        return self.method != "fedavg"
+
+    def out_path(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        sparsity = self.sparsity if self.sparse else 0.0
+        return Path("results") / f"{self.method}_{self.dataset}_s{sparsity:g}_seed{self.seed}.h5"
+
+    def check_world(self, world_size: int) -> None:
+        """Checks that need the number of ranks; every rank runs them and agrees."""
+        if world_size < 2:
+            raise UsageError("ssfl-mpi needs at least 2 MPI ranks (rank 0 is the server, the rest "
+                             "host clients): launch with mpirun -n 3 (or more)")
+        workers = world_size - 1
+        if workers > self.clients:
+            raise UsageError(f"{workers} worker ranks but only {self.clients} clients: use at most "
+                             f"{self.clients + 1} ranks or more --clients")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"--{name}: unknown value {value!r} (choose from {', '.join(choices)})")
+
+
+def _check_int(name: str, value, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"--{_flag(name)} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UsageError(f"--{_flag(name)} must be >= {minimum}, got {value}")
+
+
+def _check_real(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"--{_flag(name)} must be a finite number, got {value!r}")
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def load_toml(path: str | os.PathLike) -> dict:
+    """Read a config file into a dict of Config fields; unknown keys are errors."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise UsageError(f"config file {str(path)!r}: unknown key {key!r}")
+        values[name] = value
+    return values
+
+
+def make_config(file_values: dict, cli_values: dict) -> Config:
+    """CLI flags override the file, the file overrides defaults."""
+    merged = {**file_values, **cli_values}
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for name, value in merged.items():
+        # TOML has no int/float distinction for "1": accept integers where floats are expected.
+        if types.get(name) == "float" and isinstance(value, int) and not isinstance(value, bool):
+            merged[name] = float(value)
+        if types.get(name) == "bool" and not isinstance(value, bool):
+            raise UsageError(f"{name!r} must be true or false, got {value!r}")
+        if types.get(name) == "str" and not isinstance(value, str):
+            raise UsageError(f"{name!r} must be a string, got {value!r}")
+    return Config(**merged)
