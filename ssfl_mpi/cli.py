@@ -92,7 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import run
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
-    cfg = make_config(load_toml(args.config) if args.config else {}, options)
+    try:
+        cfg = make_config(load_toml(args.config) if args.config else {}, options)
+    except UsageError as exc:  # every rank reads the same flags and file
+        raise UsageError(str(exc), collective=True) from None
     world = mpi.Comm()
     path = run(cfg, world)
     if path is not None:
@@ -122,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _setup_logging()
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as exc:  # every rank parses the same argv
+            raise UsageError(str(exc), collective=True) from None
         return args.func(args)
     except UsageError as exc:
-        mpi.report_usage_error(str(exc))
+        mpi.report_usage_error(str(exc), collective=exc.collective)
         return EXIT_USAGE
     except BaseException as exc:  # noqa: BLE001 - any other failure ends every rank, traceback once
         if isinstance(exc, SystemExit) and exc.code in (0, None):  # --help

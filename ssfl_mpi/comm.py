@@ -11,7 +11,7 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-from .errors import EXIT_FAILURE, UsageError
+from .errors import EXIT_FAILURE, EXIT_USAGE, UsageError
 
 SERVER = 0
 
@@ -30,6 +30,10 @@ class Comm:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.spin = spin
+        # Collective, so done here where every rank passes, never later on some ranks only.
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
         self.seconds = 0.0  # wall time spent in collectives since the last reset_timer()
 
     @property
@@ -61,7 +65,7 @@ class Comm:
         errors = self.comm.allgather(error)
         for rank, message in enumerate(errors):
             if message is not None:
-                raise UsageError(message)
+                raise UsageError(message, collective=True)
 
     def bcast_object(self, obj):
         return self.comm.bcast(obj, root=SERVER)
@@ -134,15 +138,6 @@ def world_size() -> int:
     return MPI.COMM_WORLD.Get_size()
 
 
-def node_layout() -> tuple[int, int]:
-    """(rank among the ranks on this node, number of ranks on this node)."""
-    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return local.Get_rank(), local.Get_size()
-    finally:
-        local.Free()
-
-
 def library_version() -> str:
     return MPI.Get_library_version().strip().splitlines()[0]
 
@@ -151,11 +146,14 @@ def wtime() -> float:
     return MPI.Wtime()
 
 
-def report_usage_error(message: str) -> None:
-    """Every rank reached the same error: print one line per rank, tagged, no traceback."""
+def report_usage_error(message: str, *, collective: bool) -> None:
+    """One line per rank, tagged, no traceback; a usage error seen by one rank only aborts all."""
     rank = world_rank()
-    print(f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else ""),
-          file=sys.stderr, flush=True)
+    line = f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n"
+    sys.stderr.flush()
+    os.write(2, line.encode())  # one write: lines of different ranks do not interleave
+    if not collective and world_size() > 1:
+        MPI.COMM_WORLD.Abort(EXIT_USAGE)
 
 
 def abort_with_traceback(exc: BaseException) -> None:

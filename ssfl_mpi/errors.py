@@ -6,4 +6,13 @@ EXIT_USAGE = 2
 
 
 class UsageError(Exception):
-    """Bad input (options, config file, data, paths): exit 2 with one line, no traceback."""
+    """Bad input (options, config file, data, paths): exit 2 with one line, no traceback.
+
+    `collective` is True when every rank is known to raise it (options and config parse the
+    same everywhere; setup errors are agreed). Any other usage error must abort the job, or
+    the ranks that did not see it would wait forever in the next collective.
+    """
+
+    def __init__(self, message: str, *, collective: bool = False):
+        super().__init__(message)
+        self.collective = collective

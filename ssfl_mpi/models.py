@@ -47,7 +47,7 @@ BUILDERS = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
 
 def build(name: str, *, dataset: str, input_shape: tuple, n_classes: int, seed: int) -> nn.Module:
     """The same initial weights on every rank: built under a private copy of torch's RNG."""
-    name = AUTO_MODEL[dataset] if name == "auto" else name
+    name = resolve(name, dataset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BUILDERS[name](input_shape, n_classes)

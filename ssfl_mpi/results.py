@@ -59,7 +59,9 @@ class ResultWriter:
     def __init__(self, path: Path, *, overwrite: bool, attrs: dict):
         self.path = Path(path)
         try:
-            self.f = h5py.File(self.path, "w" if overwrite else "w-", libver="latest")
+            # Default libver on purpose: "latest" marks the file open-for-write, and a writer
+            # killed by MPI_Abort then leaves a file that h5py refuses to open without h5clear.
+            self.f = h5py.File(self.path, "w" if overwrite else "w-")
         except OSError as exc:
             raise UsageError(f"cannot create result file {str(self.path)!r}: {exc}") from None
         a = self.f.attrs
@@ -125,7 +127,7 @@ class ResultWriter:
 def read(path: str | os.PathLike) -> dict:
     """The whole result file as plain Python/NumPy values (no pickle anywhere)."""
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)  # readable while a run (or its corpse) holds it
     except OSError as exc:
         raise UsageError(f"cannot open result file {str(path)!r}: {exc}") from None
     with f:

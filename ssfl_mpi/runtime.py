@@ -25,6 +25,7 @@ from .training import LocalSpec, evaluate, local_train
 
 log = logging.getLogger("ssfl_mpi")
 
+FAULT_ENV = "SSFL_MPI_TEST_FAULT"  # "RANK:ROUND": raise on that rank at that round (tests only)
 META_COLUMNS = 5  # per sampled client: id, n_k, train loss, compute seconds, worker comm seconds
 
 
@@ -46,12 +47,19 @@ class Setup:
     flat: FlatModel
 
 
+def inject_fault(rank: int, r: int) -> None:
+    """Test-only: an exception on one rank mid-run, to check that the whole job ends."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{rank}:{r}":
+        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
+
+
 def home_ranks(n_clients: int, workers: int) -> np.ndarray:
     """Client k lives on rank 1 + (k mod W) for the whole run."""
     return 1 + np.arange(n_clients) % workers
 
 
-def pick_threads(requested: int) -> int:
+def pick_threads(requested: int, ranks_on_node: int) -> int:
     if requested:
         return requested
     if os.environ.get("SLURM_CPUS_PER_TASK"):
@@ -59,17 +67,15 @@ def pick_threads(requested: int) -> int:
     cores = len(os.sched_getaffinity(0))
     if cores < (os.cpu_count() or cores):  # the launcher already bound us to our share
         return cores
-    _, ranks_here = mpi.node_layout()
-    return max(1, cores // ranks_here)
+    return max(1, cores // ranks_on_node)
 
 
-def pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, local_rank: int) -> torch.device:
     """Rank -> device: ranks on a node share its GPUs round-robin by node-local rank."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UsageError("--device cuda but torch sees no CUDA device on this node")
-    local_rank, _ = mpi.node_layout()
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
@@ -88,9 +94,9 @@ def setup(cfg: Config, comm: mpi.Comm) -> Setup:
 
 
 def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
-    threads = pick_threads(cfg.threads)
+    threads = pick_threads(cfg.threads, comm.local_size)
     torch.set_num_threads(threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, comm.local_rank)
     ds = data.load(cfg.dataset, root=cfg.data_root, download=cfg.download,
                    synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
     parts = partition(cfg.partition, ds.train_labels, n_clients=cfg.clients,
@@ -186,6 +192,7 @@ class Server:
         pending = None
         for r in range(1, cfg.rounds + 1):
             rnd = _Round(self.s, self.mask, r)
+            inject_fault(comm.rank, r)
             t0 = time.perf_counter()
             comm.bcast_(self.global_np)
             if pending is not None:  # evaluate round r-1's model while the workers train round r
@@ -245,6 +252,7 @@ class Worker:
 
     def run(self) -> None:
         for r in range(1, self.cfg.rounds + 1):
+            inject_fault(self.s.comm.rank, r)
             self._round(r, _Round(self.s, self.mask, r))
 
     def _round(self, r: int, rnd: _Round) -> None:

@@ -1,0 +1,34 @@
+"""The README, CI and Slurm script agree with each other and with the code."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```sh\n(.+?)\n```", text)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = _readme_commands()
+    test_cmd = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == test_cmd
+
+
+def test_run_sbatch_passes_options_and_threads(tmp_path):
+    env = {**os.environ, "SSFL_DRY_RUN": "1", "SLURM_CPUS_PER_TASK": "8", "SLURM_NTASKS": "5",
+           "SLURM_SUBMIT_DIR": str(ROOT), "SSFL_VENV": str(tmp_path)}
+    out = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch"), "--rounds", "3"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("srun --cpus-per-task=8 python -m ssfl_mpi run --threads 8 --rounds 3")
+    out = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch")], capture_output=True, text=True, check=True,
+                         env={**env, "SSFL_LAUNCHER": "mpirun"}).stdout
+    assert out.startswith("mpirun -n 5 python -m ssfl_mpi run --threads 8")
+    bad = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch")], capture_output=True, text=True,
+                         env={**env, "SSFL_LAUNCHER": "aprun"})
+    assert bad.returncode == 2 and "SSFL_LAUNCHER" in bad.stderr

@@ -1,0 +1,149 @@
+"""Whole runs under mpiexec: rank-count invariance, bytes, the HDF5 contract, errors and faults."""
+
+import time
+
+import numpy as np
+import pytest
+
+from ssfl_mpi.results import ROUND_FIELDS, read
+
+from .launch import launch
+
+SMALL = ["--clients", "8", "--clients-per-round", "4", "--rounds", "3", "--local-epochs", "1",
+         "--threads", "1"]
+ATTRS = ("schema", "status", "method", "dataset", "model", "partition", "sparsity", "density", "seed",
+         "world_size", "n_clients", "clients_per_round", "rounds", "config", "mpi_library", "host",
+         "start_time", "end_time", "mask_digest", "version_torch", "version_mpi4py", "version_h5py")
+
+
+@pytest.fixture(scope="module")
+def invariance_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inv")
+    out = {}
+    for method in ("ssfl", "fedavg"):
+        for n in (2, 3, 4) if method == "ssfl" else (3,):
+            path = d / f"{method}{n}.h5"
+            proc = launch(n, "run", "--method", method, *SMALL, "--out", str(path))
+            assert proc.returncode == 0, proc.stderr
+            out[method, n] = read(path)
+    return out
+
+
+def test_same_seed_same_run_on_2_3_and_4_ranks(invariance_runs):
+    ref = invariance_runs["ssfl", 2]
+    for n in (3, 4):
+        other = invariance_runs["ssfl", n]
+        assert np.array_equal(ref["rounds"]["test_accuracy"], other["rounds"]["test_accuracy"])
+        assert np.array_equal(ref["rounds"]["train_loss"], other["rounds"]["train_loss"])
+        assert ref["model"].keys() == other["model"].keys()
+        for name in ref["model"]:
+            assert np.array_equal(ref["model"][name], other["model"][name]), name
+        assert np.array_equal(ref["mask"]["flat"], other["mask"]["flat"])
+        assert other["attrs"]["world_size"] == n
+
+
+def test_hdf5_contract(invariance_runs):
+    r = invariance_runs["ssfl", 3]
+    for key in ATTRS:
+        assert key in r["attrs"], key
+    assert r["attrs"]["status"] == "complete"
+    assert set(r["rounds"]) == set(ROUND_FIELDS)
+    assert r["rounds"]["round"].tolist() == [1, 2, 3]
+    assert np.all((r["rounds"]["test_accuracy"] >= 0) & (r["rounds"]["test_accuracy"] <= 1))
+    assert np.all(r["rounds"]["time_round"] > 0)
+    assert r["partition"]["client_sizes"].sum() == 1497
+    assert r["partition"]["label_counts"].shape == (8, 10)
+    assert r["config"]["clients"] == 8
+    assert "mask" not in invariance_runs["fedavg", 3]
+
+
+def test_ssfl_mask_density_and_zeros_in_the_final_model(invariance_runs):
+    r = invariance_runs["ssfl", 3]
+    kept = r["mask"]["flat"]
+    assert kept.sum() == int(np.floor(0.5 * r["attrs"]["n_prunable"]))
+    assert r["attrs"]["density"] == kept.sum() / kept.size
+    assert r["mask"]["layers"]["kept"].sum() == kept.sum()
+    # /mask/flat runs over the prunable weights in parameter order
+    prunable = [name for name in r["mask"]["layers"]["name"]]
+    weights = np.concatenate([r["model"][n.decode() if isinstance(n, bytes) else n].ravel() for n in prunable])
+    assert np.all(weights[~kept] == 0)
+    assert np.count_nonzero(weights[kept]) > 0.99 * kept.sum()
+
+
+def test_bytes_are_kept_values_plus_dense_rest_times_4_per_client(invariance_runs):
+    s, f = invariance_runs["ssfl", 3], invariance_runs["fedavg", 3]
+    n_params, n_prunable, n_kept = (s["attrs"][k] for k in ("n_params", "n_prunable", "n_kept"))
+    payload = n_kept + (n_params - n_prunable)
+    assert s["attrs"]["payload_values"] == payload
+    expected = payload * 4 * 4  # 4 clients per round
+    assert np.all(s["rounds"]["bytes_up"] == expected) and np.all(s["rounds"]["bytes_down"] == expected)
+    assert np.all(f["rounds"]["bytes_up"] == n_params * 4 * 4)
+    assert np.allclose(s["rounds"]["bytes_up"] / f["rounds"]["bytes_up"], payload / n_params, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["ssfl", "fedavg"])
+def test_default_digits_setting_reaches_85_percent(method, tmp_path):
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", "--method", method, "--rounds", "25", "--out", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("round ") >= 25  # one progress line per round
+    acc = read(path)["rounds"]["test_accuracy"]
+    assert acc[-1] >= 0.85, acc
+
+
+BAD_INPUTS = [
+    (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+    (["--sparsity", "-0.5"], "sparsity must be in [0, 1)"),
+    (["--clients", "4", "--clients-per-round", "5"], "must not exceed"),
+    (["--alpha", "0"], "alpha must be > 0"),
+    (["--method", "nope"], "invalid choice"),
+    (["--config", "/nonexistent/c.toml"], "cannot read config file"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/data"], "does not exist"),
+    (["--clients", "1", "--clients-per-round", "1"], "worker ranks but only 1 clients"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[a[0][0] + "=" + a[0][-1] for a in BAD_INPUTS])
+def test_bad_input_ends_every_rank_with_one_line_and_exit_2(args, message, tmp_path):
+    out = tmp_path / "r.h5"
+    t0 = time.monotonic()
+    proc = launch(3, "run", *args, "--out", str(out), timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 3, proc.stderr  # one line per rank, no traceback
+    assert all(ln.startswith("ssfl-mpi: error: ") and message in ln for ln in lines), lines
+    assert not out.exists()
+
+
+def test_single_rank_is_refused(tmp_path):
+    proc = launch(1, "run", "--out", str(tmp_path / "r.h5"), timeout=60)
+    assert proc.returncode == 2 and "at least 2 MPI ranks" in proc.stderr
+
+
+def test_existing_result_file_is_not_overwritten(tmp_path):
+    out = tmp_path / "r.h5"
+    out.write_bytes(b"precious")
+    proc = launch(2, "run", "--out", str(out), timeout=60)
+    assert proc.returncode == 2 and "exists" in proc.stderr
+    assert out.read_bytes() == b"precious"
+
+
+def test_missing_data_set_under_an_existing_root(tmp_path):
+    proc = launch(2, "run", "--dataset", "mnist", "--data-root", str(tmp_path), "--out",
+                  str(tmp_path / "r.h5"), timeout=60)
+    assert proc.returncode == 2 and "mnist not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_exception_on_one_rank_ends_the_job_with_its_traceback(rank, tmp_path):
+    out = tmp_path / "r.h5"
+    t0 = time.monotonic()
+    proc = launch(3, "run", *SMALL, "--rounds", "50", "--out", str(out),
+                  env={"SSFL_MPI_TEST_FAULT": f"{rank}:2"}, timeout=60)
+    assert time.monotonic() - t0 < 40
+    assert proc.returncode != 0
+    assert proc.stderr.count("Traceback") == 1
+    assert f"rank {rank} on" in proc.stderr and "injected fault" in proc.stderr
+    if out.exists():
+        assert read(out)["attrs"]["status"] != "complete"

@@ -1,0 +1,149 @@
+"""Saliency against a hand-computed case, order-free aggregation, the SSFL mask."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ssfl_mpi.methods import METHODS, MaskContext
+from ssfl_mpi.saliency import client_saliency, client_weights, fixed_point_exponent, quantize
+from ssfl_mpi.sparse import FlatModel, n_keep, topk_mask
+
+
+def _linear(w):
+    net = nn.Sequential(nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(w, dtype=torch.float32))
+        net[0].bias.zero_()
+    return FlatModel(net)
+
+
+def test_saliency_hand_case():
+    # logits W x = [-1, -1] -> p = [.5, .5]; dL/dz = p - e_0 = [-.5, .5]; dL/dW = outer(dz, x)
+    flat = _linear([[1, 2], [3, 4]])
+    x, y = torch.tensor([[1.0, -1.0]]), torch.tensor([0])
+    s = client_saliency(flat, x, y, batch_size=1, n_batches=1, gen=torch.Generator().manual_seed(0))
+    assert s.dtype == torch.float64
+    assert torch.allclose(s, torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64))
+    assert flat.grad.abs().sum() == 0  # leaves no gradient behind
+
+
+def test_saliency_q_batches_uses_the_mean_gradient():
+    flat = _linear([[1, 2], [3, 4]])
+    x, y = torch.tensor([[1.0, -1.0], [2.0, 0.5]]), torch.tensor([0, 1])
+    s2 = client_saliency(flat, x, y, batch_size=1, n_batches=2, gen=torch.Generator().manual_seed(0))
+    g = torch.zeros(4)
+    for i in range(2):
+        flat.zero_grad()
+        nn.functional.cross_entropy(flat.model(x[i:i + 1]), y[i:i + 1]).backward()
+        g += flat.grad[flat.prunable_idx] / 2
+    assert torch.allclose(s2, (g * flat.flat[flat.prunable_idx]).abs().double(), atol=1e-7)
+
+
+def test_client_weights():
+    assert np.allclose(client_weights([1, 3], "data-size"), [0.25, 0.75])
+    assert np.allclose(client_weights([1, 3], "uniform"), [0.5, 0.5])
+
+
+def test_quantized_sum_is_order_free_and_ranks_like_the_float_sum():
+    rng = np.random.default_rng(0)
+    parts = [torch.from_numpy(rng.random(1000) * 10.0 ** rng.integers(-6, 3)) for _ in range(7)]
+    e = fixed_point_exponent(max(float(p.max()) for p in parts))
+    q = [quantize(p, e) for p in parts]
+    forward = sum(q[i] for i in range(7))
+    backward = sum(q[i] for i in reversed(range(7)))
+    grouped = (q[0] + q[2] + q[4] + q[6]) + (q[1] + q[3] + q[5])
+    assert np.array_equal(forward, backward) and np.array_equal(forward, grouped)
+    exact = sum(p for p in parts).numpy()
+    assert np.allclose(forward / 2.0 ** e, exact, rtol=0, atol=7 * 2.0 ** -e)
+    assert fixed_point_exponent(0.0) == 0
+
+
+class ThreadCollective:
+    """An in-memory allreduce over threads, summing in a different order than the callers."""
+
+    def __init__(self, n):
+        self.barrier = threading.Barrier(n)
+        self.slots = [None] * n
+
+    def member(self, i):
+        def reduce_max(v):
+            self.slots[i] = v
+            self.barrier.wait()
+            out = max(self.slots)
+            self.barrier.wait()
+            return out
+
+        def reduce_sum_(a):
+            self.slots[i] = a.copy()
+            self.barrier.wait()
+            total = sum(reversed(self.slots))
+            self.barrier.wait()
+            a[:] = total
+            return a
+        return reduce_max, reduce_sum_
+
+
+def _clients(n_clients=5):
+    gen = torch.Generator().manual_seed(1)
+    return {k: (torch.randn(8 + 3 * k, 6, generator=gen), torch.randint(0, 3, (8 + 3 * k,), generator=gen))
+            for k in range(n_clients)}
+
+
+def _net():
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return net
+
+
+def _mask_with_groups(groups, weighting="data-size", q=1):
+    clients = _clients()
+    sizes = np.array([len(clients[k][1]) for k in range(5)])
+    coll = ThreadCollective(len(groups))
+    masks = [None] * len(groups)
+
+    def work(i, group):
+        flat = FlatModel(_net())
+        rmax, rsum = coll.member(i)
+        ctx = MaskContext(flat=flat, clients={k: clients[k] for k in group}, client_sizes=sizes, seed=0,
+                          density=0.3, batch_size=4, saliency_batches=q, saliency_weighting=weighting,
+                          reduce_max=rmax, reduce_sum_=rsum)
+        masks[i] = METHODS["ssfl"].find_mask(ctx)
+
+    threads = [threading.Thread(target=work, args=(i, g)) for i, g in enumerate(groups)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return masks
+
+
+@pytest.mark.parametrize("weighting", ["data-size", "uniform"])
+def test_ssfl_mask_is_identical_for_any_grouping_of_clients(weighting):
+    one = _mask_with_groups([[0, 1, 2, 3, 4]], weighting)[0]
+    two = _mask_with_groups([[], [0, 2, 4], [1, 3]], weighting)  # a server with no clients + 2 workers
+    three = _mask_with_groups([[0, 3], [1, 4], [2]], weighting)
+    for m in two + three:
+        assert torch.equal(m.kept, one.kept)
+    assert one.n_kept == n_keep(0.3, one.kept.numel())
+
+
+def test_ssfl_mask_is_topk_of_the_weighted_score_sum():
+    clients = _clients()
+    sizes = np.array([len(clients[k][1]) for k in range(5)], dtype=float)
+    flat = FlatModel(_net())
+    ctx = MaskContext(flat=flat, clients=clients, client_sizes=sizes.astype(int), seed=0, density=0.3,
+                      batch_size=4)
+    mask = METHODS["ssfl"].find_mask(ctx)
+    from ssfl_mpi.seeding import torch_gen
+    total = sum(sizes[k] / sizes.sum() * client_saliency(flat, *clients[k], batch_size=4, n_batches=1,
+                                                         gen=torch_gen(0, "saliency", k)) for k in range(5))
+    expected = topk_mask(total, n_keep(0.3, flat.n_prunable))
+    assert torch.equal(mask.kept, expected)
+    uniform = METHODS["ssfl"].find_mask(MaskContext(**{**ctx.__dict__, "saliency_weighting": "uniform"}))
+    assert not torch.equal(uniform.kept, mask.kept)  # the weighting matters on unbalanced clients

@@ -1,0 +1,96 @@
+"""Flat parameter space, top-k, masks, pack/unpack."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssfl_mpi.models import build
+from ssfl_mpi.sparse import FlatModel, dense_mask, make_mask, n_keep, pack, topk_mask, unpack
+
+
+def _flat():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    return FlatModel(net)
+
+
+def test_parameters_and_grads_are_views_of_the_flat_buffers():
+    flat = _flat()
+    base, gbase = flat.flat.data_ptr(), flat.grad.data_ptr()
+    end = base + flat.numel * 4
+    x = torch.randn(4, 1, 8, 8)
+    flat.model(x).sum().backward()
+    for p in flat.model.parameters():
+        assert base <= p.data_ptr() < end
+        assert gbase <= p.grad.data_ptr() < gbase + flat.numel * 4
+    assert flat.grad.abs().sum() > 0  # backward accumulated into the flat gradient
+
+
+def test_prunable_are_conv_and_linear_weights_only():
+    flat = _flat()
+    assert [flat.names[i] for i in flat.prunable] == ["0.weight", "3.weight"]
+    assert flat.n_prunable == 2 * 9 + 3 * 72
+    assert flat.n_prunable + flat.dense_idx.numel() == flat.numel
+
+
+def test_topk_hand_case_with_ties_broken_by_index():
+    scores = torch.tensor([3, 1, 5, 3, 3, 0, 5])
+    assert topk_mask(scores, 3).tolist() == [True, False, True, False, False, False, True]
+    assert topk_mask(scores, 4).tolist() == [True, False, True, True, False, False, True]
+    assert topk_mask(scores, 0).sum() == 0
+    assert topk_mask(scores, 7).all()
+
+
+def test_topk_keeps_exactly_k_on_constant_scores():
+    keep = topk_mask(torch.zeros(1000, dtype=torch.int64), 337)
+    assert int(keep.sum()) == 337 and keep[:337].all()
+
+
+def test_n_keep_is_floor_of_density_times_n():
+    assert n_keep(0.5, 11) == 5
+    assert n_keep(0.1, 100) == 10  # 0.1 * 100 is 10.000000000000002 or 9.999...: must be 10
+    assert n_keep(1.0, 7) == 7
+    assert n_keep(0.3, 10) == 3
+
+
+def test_mask_payload_density_and_pack_unpack_round_trip():
+    flat = _flat()
+    kept = topk_mask(torch.randn(flat.n_prunable), n_keep(0.25, flat.n_prunable))
+    mask = make_mask(flat, kept)
+    n_dense = flat.numel - flat.n_prunable
+    assert mask.payload == mask.n_kept + n_dense
+    assert abs(mask.density - mask.n_kept / flat.n_prunable) < 1e-12
+    w = flat.flat.detach() * mask.multiplier
+    packed = pack(w, mask.send_idx)
+    assert packed.numel() == mask.payload
+    restored = unpack(packed, mask.send_idx, torch.zeros_like(w))
+    assert torch.equal(restored, w)
+    # pruned positions are exactly the zeros of the multiplier, dense parameters always travel
+    assert torch.equal(mask.multiplier[flat.prunable_idx].bool(), kept)
+    assert mask.multiplier[flat.dense_idx].eq(1).all()
+
+
+def test_unpack_rejects_wrong_length():
+    flat = _flat()
+    mask = dense_mask(flat)
+    try:
+        unpack(torch.zeros(3), mask.send_idx, flat.flat.detach())
+    except ValueError as exc:
+        assert "packed length 3" in str(exc)
+    else:
+        raise AssertionError("no error")
+
+
+def test_layer_density_sums_to_kept():
+    flat = _flat()
+    mask = make_mask(flat, topk_mask(torch.randn(flat.n_prunable), 50))
+    layers = mask.layer_density(flat)
+    assert sum(k for _, _, k in layers) == 50
+    assert [n for n, _, _ in layers] == ["0.weight", "3.weight"]
+
+
+def test_same_seed_same_initial_model():
+    a = FlatModel(build("cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=3))
+    b = FlatModel(build("cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=3))
+    c = FlatModel(build("cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=4))
+    assert torch.equal(a.flat, b.flat) and not torch.equal(a.flat, c.flat)
+    assert np.array_equal(a.state()["0.weight"], b.state()["0.weight"])
