@@ -147,3 +147,24 @@ def test_exception_on_one_rank_ends_the_job_with_its_traceback(rank, tmp_path):
     assert f"rank {rank} on" in proc.stderr and "injected fault" in proc.stderr
     if out.exists():
         assert read(out)["attrs"]["status"] != "complete"
+
+
+def test_bench_comm_writes_every_transport_with_honest_bytes(tmp_path):
+    import h5py
+
+    out = tmp_path / "bench.h5"
+    proc = launch(3, "bench", "comm", "--params", "20000", "--density", "0.25", "--repeat", "2",
+                  "--warmup", "1", "--out", str(out), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        b = {k: f["bench"][k][()] for k in f["bench"]}
+        assert f.attrs["world_size"] == 3
+    transports = [t.decode() for t in b["transport"]]
+    assert transports == ["dense", "pickle", "packed", "coo"]
+    assert b["samples_s"].shape == (4, 2) and np.all(b["samples_s"] > 0)
+    assert np.all(b["median_s"] >= b["min_s"]) and np.all(b["max_s"] >= b["median_s"])
+    clients = 2  # one per worker
+    assert b["bytes_up"][0] == 20000 * 4 * clients  # dense
+    assert b["bytes_up"][2] == 5000 * 4 * clients  # packed values only
+    assert b["bytes_up"][3] == 5000 * 8 * clients  # int32 index + float32 value
+    assert "packed" in proc.stdout and "vs dense" in proc.stdout
