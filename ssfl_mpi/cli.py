@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -92,10 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import run
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
-    try:
+    with _same_on_every_rank():
         cfg = make_config(load_toml(args.config) if args.config else {}, options)
-    except UsageError as exc:  # every rank reads the same flags and file
-        raise UsageError(str(exc), collective=True) from None
     world = mpi.Comm()
     path = run(cfg, world)
     if path is not None:
@@ -113,6 +112,15 @@ def cmd_bench_comm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _same_on_every_rank():
+    """Errors in here come from the same argv and files on every rank: no abort is needed."""
+    try:
+        yield
+    except UsageError as exc:
+        raise UsageError(str(exc), collective=True) from None
+
+
 def _setup_logging() -> None:
     from . import comm as mpi
 
@@ -125,10 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _setup_logging()
-        try:
+        with _same_on_every_rank():
             args = build_parser().parse_args(argv)
-        except UsageError as exc:  # every rank parses the same argv
-            raise UsageError(str(exc), collective=True) from None
         return args.func(args)
     except UsageError as exc:
         mpi.report_usage_error(str(exc), collective=exc.collective)

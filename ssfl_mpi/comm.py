@@ -62,10 +62,9 @@ class Comm:
     # --- control data (small, pickled) -------------------------------------------------
     def agree(self, error: str | None) -> None:
         """Collective: raise the same UsageError on every rank if any rank had one."""
-        errors = self.comm.allgather(error)
-        for rank, message in enumerate(errors):
-            if message is not None:
-                raise UsageError(message, collective=True)
+        first = next((e for e in self.comm.allgather(error) if e is not None), None)
+        if first is not None:
+            raise UsageError(first, collective=True)
 
     def bcast_object(self, obj):
         return self.comm.bcast(obj, root=SERVER)
