@@ -7,8 +7,9 @@ import contextlib
 import logging
 import sys
 
-from .config import (DATASETS, DEVICES, METHODS, MODELS, PARTITIONS, SALIENCY_WEIGHTINGS,
-                     load_toml, make_config)
+from .config import (DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, METHODS, MODELS, PARTITIONS,
+                     SALIENCY_WEIGHTINGS, load_toml, make_config)
+from .presets import list_presets, load_preset
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 
 
@@ -40,6 +41,16 @@ RUN_OPTIONS = [
     ("--sparsity", float, "fraction of prunable weights removed, 0 <= S < 1"),
     ("--saliency-batches", int, "minibatches Q per client for SSFL saliency"),
     ("--saliency-weighting", SALIENCY_WEIGHTINGS, "SSFL score weights: n_k/n or uniform"),
+    ("--mask-distribution", MASK_DISTRIBUTIONS, "random masks (random, random-clientwise, feddst's "
+     "start): global uniform, uniform per layer, or Erdos-Renyi-Kernel"),
+    ("--readjust-every", int, "feddst/prunefl: rounds between mask readjustments"),
+    ("--readjust-ratio", float, "feddst: fraction of active weights pruned and regrown, cosine-decayed"),
+    ("--prox-mu", float, "FedProx proximal term mu (0: off), any method"),
+    ("--lr-schedule", LR_SCHEDULES, "constant; exp-round: lr*decay^(round-1); cosine-restarts: "
+     "cosine over local epochs, restarted every --lr-period epochs and every round"),
+    ("--lr-decay", float, "exp-round decay per round"),
+    ("--lr-period", int, "cosine-restarts period T_0 in local epochs"),
+    ("--lr-min", float, "cosine-restarts floor"),
     ("--synthetic-alpha", float, "FedProx Synthetic(alpha, beta): model heterogeneity"),
     ("--synthetic-beta", float, "FedProx Synthetic(alpha, beta): input heterogeneity"),
     ("--seed", int, "seed of every random stream"),
@@ -51,6 +62,8 @@ RUN_OPTIONS = [
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", metavar="NAME", help="shipped settings (see `ssfl-mpi presets`); "
+                   "--config and flags override it")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of options; flags override it")
     for flag, kind, text in RUN_OPTIONS:
         if isinstance(kind, tuple):
@@ -70,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one federated run, results to HDF5")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
+    table = sub.add_parser("table", help="comparison table (markdown) of result files")
+    table.add_argument("files", nargs="+", metavar="FILE.h5")
+    table.add_argument("--metric", choices=("acc", "personal"), default="acc",
+                       help="final global test accuracy, or the personal one")
+    table.add_argument("--out", help="also write the table to this file")
+    table.set_defaults(func=cmd_table)
+    presets = sub.add_parser("presets", help="list the shipped presets")
+    presets.set_defaults(func=cmd_presets)
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
     comm = bench_sub.add_parser("comm", help="time one round's model traffic per transport")
@@ -92,13 +113,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import comm as mpi
     from .runtime import run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "preset")}
     with _same_on_every_rank():
-        cfg = make_config(load_toml(args.config) if args.config else {}, options)
+        base = load_preset(args.preset) if args.preset else {}
+        cfg = make_config({**base, **(load_toml(args.config) if args.config else {})}, options)
     world = mpi.Comm()
     path = run(cfg, world)
     if path is not None:
         logging.getLogger("ssfl_mpi").info("wrote %s", path)
+    return EXIT_OK
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .table import markdown, summarize
+
+    text = markdown(summarize(args.files), metric=args.metric)
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return EXIT_OK
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+
+    if mpi.world_rank() == 0:
+        for name, summary in list_presets():
+            print(f"{name:16s} {summary}")
     return EXIT_OK
 
 

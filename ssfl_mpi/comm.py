@@ -106,6 +106,22 @@ class Comm:
         self._wait(self.comm.Igatherv([sendbuf, _mpi_type(sendbuf.dtype)], recv, root=SERVER))
         return recv[0] if recv is not None else None
 
+    def scatterv(self, sendbuf: np.ndarray | None, counts: np.ndarray, *, dtype=None) -> np.ndarray:
+        """Scatter variable-length pieces from the server; every rank passes the same counts."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if len(counts) != self.size:
+            raise ValueError(f"scatterv: {len(counts)} counts for {self.size} ranks")
+        dtype = np.dtype(dtype if sendbuf is None else sendbuf.dtype)
+        send = None
+        if self.is_server:
+            if sendbuf.size != counts.sum():
+                raise ValueError(f"scatterv: {sendbuf.size} values to send, counts say {counts.sum()}")
+            displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            send = [sendbuf, (counts, displs), _mpi_type(dtype)]
+        recv = np.empty(int(counts[self.rank]), dtype=dtype)
+        self._wait(self.comm.Iscatterv(send, [recv, _mpi_type(dtype)], root=SERVER))
+        return recv
+
     def allreduce_sum_(self, buf: np.ndarray) -> np.ndarray:
         self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
         return buf

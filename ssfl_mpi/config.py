@@ -12,7 +12,11 @@ from pathlib import Path
 
 from .errors import UsageError
 
-METHODS = ("ssfl", "fedavg")
+METHODS = ("ssfl", "fedavg", "random", "magnitude", "snip-single", "random-clientwise", "feddst",
+           "prunefl")
+DENSE_METHODS = ("fedavg",)
+MASK_DISTRIBUTIONS = ("uniform", "layerwise", "erk")
+LR_SCHEDULES = ("constant", "exp-round", "cosine-restarts")
 DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100")
 TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
 MODELS = ("auto", "mlp", "cnn", "resnet18")
@@ -45,6 +49,14 @@ class Config:
     sparsity: float = 0.5
     saliency_batches: int = 1
     saliency_weighting: str = "data-size"
+    mask_distribution: str = "uniform"  # random masks (and FedDST's initial mask)
+    readjust_every: int = 10  # FedDST / PruneFL: rounds between mask changes
+    readjust_ratio: float = 0.2  # FedDST: fraction of active weights pruned and regrown at round 0
+    prox_mu: float = 0.0  # FedProx proximal term (0: off)
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.998  # exp-round: lr * decay^(round-1)
+    lr_period: int = 10  # cosine-restarts: local epochs per cosine cycle (T_0)
+    lr_min: float = 1e-5  # cosine-restarts: floor of the cycle
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     seed: int = 0
@@ -61,8 +73,11 @@ class Config:
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("saliency-weighting", self.saliency_weighting, SALIENCY_WEIGHTINGS)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("mask-distribution", self.mask_distribution, MASK_DISTRIBUTIONS)
+        _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
-                     "saliency_batches", "eval_every", "classes_per_client"):
+                     "saliency_batches", "eval_every", "classes_per_client", "readjust_every",
+                     "lr_period"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("threads", self.threads, minimum=0)
         _check_int("seed", self.seed, minimum=0)
@@ -79,7 +94,15 @@ class Config:
             raise UsageError(f"--alpha must be > 0 (Dirichlet concentration), got {self.alpha}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        for name in ("momentum", "weight_decay", "grad_clip"):
+        for name in ("readjust_ratio", "lr_decay", "lr_min"):
+            _check_real(name, getattr(self, name))
+        if not 0 <= self.readjust_ratio <= 1:
+            raise UsageError(f"--readjust-ratio must be in [0, 1], got {self.readjust_ratio}")
+        if not 0 < self.lr_decay <= 1:
+            raise UsageError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 <= self.lr_min < self.lr:
+            raise UsageError(f"--lr-min must be in [0, --lr), got {self.lr_min}")
+        for name in ("momentum", "weight_decay", "grad_clip", "prox_mu"):
             value = getattr(self, name)
             _check_real(name, value)
             if value < 0:
@@ -100,7 +123,7 @@ class Config:
 
     @property
     def sparse(self) -> bool:
-        return self.method != "fedavg"
+        return self.method not in DENSE_METHODS
 
     def out_path(self) -> Path:
         if self.out:

@@ -116,3 +116,22 @@ def pathological(labels, *, n_clients, rng, classes_per_client, **_):
 
 def label_counts(labels: np.ndarray, parts: list[np.ndarray], n_classes: int) -> np.ndarray:
     return np.stack([np.bincount(labels[p], minlength=n_classes) for p in parts]).astype(np.int64)
+
+
+def proportional_test_split(test_labels: np.ndarray, train_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Owner client of every test sample: each class's test samples are dealt to clients in
+    proportion to how many training samples of that class they hold (largest remainder), so a
+    client's test split follows its training label distribution. Disjoint; covers the test set."""
+    test_labels = np.asarray(test_labels)
+    owner = np.empty(len(test_labels), dtype=np.int64)
+    for c in range(train_counts.shape[1]):
+        idx = rng.permutation(np.flatnonzero(test_labels == c))
+        share = train_counts[:, c].astype(np.float64)
+        if share.sum() == 0:  # no client trains on this class: spread it evenly
+            share = np.ones_like(share)
+        quota = share / share.sum() * len(idx)
+        counts = np.floor(quota).astype(np.int64)
+        rest = len(idx) - counts.sum()
+        counts[np.argsort(-(quota - counts), kind="stable")[:rest]] += 1
+        owner[idx] = np.repeat(np.arange(len(counts)), counts)
+    return owner

@@ -21,10 +21,18 @@ STATUSES = ("running", "complete", "interrupted", "failed")
 ROUND_FIELDS = {
     "round": np.int64,            # 1-based round number
     "test_accuracy": np.float64,  # global model on the global test set, in [0, 1]; NaN if not evaluated
+    "personal_accuracy": np.float64,  # mean over clients of the accuracy of their model (the global one
+                                  # inside their own mask) on their own test split; NaN if not evaluated
     "test_loss": np.float64,      # mean cross-entropy on the test set; NaN if not evaluated
     "train_loss": np.float64,     # n_k-weighted mean of the sampled clients' local training loss
-    "bytes_up": np.int64,         # payload bytes the round's clients send (values only, float32)
-    "bytes_down": np.int64,       # payload bytes the round's clients receive
+    "bytes_up": np.int64,         # payload bytes the round's clients send: float32 values, plus
+                                  # header, mask metadata and extras for dynamic methods
+    "bytes_down": np.int64,       # payload bytes the round's clients receive, counted the same way
+    "meta_bytes_up": np.int64,    # the part of bytes_up that is not weight values (0 for static masks)
+    "meta_bytes_down": np.int64,  # the part of bytes_down that is not weight values
+    "masks_bitmap": np.int64,     # messages this round whose mask travelled as a bitmap
+    "masks_indices": np.int64,    # messages this round whose mask travelled as int32 indices
+    "mask_changes": np.int64,     # prunable weights that entered or left the shared mask this round
     "time_compute": np.float64,   # seconds of local training, max over worker ranks
     "time_comm": np.float64,      # seconds inside round-protocol MPI calls (waits included), max over workers
     "time_round": np.float64,     # server wall seconds from the round's broadcast to its aggregate
@@ -88,6 +96,9 @@ class ResultWriter:
         g.create_dataset("label_counts", data=np.asarray(label_counts, dtype=np.int64))
 
     def write_mask(self, kept: np.ndarray, layers: list[tuple[str, int, int]]) -> None:
+        """The mask; written again at the end for methods whose mask changes (the final one)."""
+        if "mask" in self.f:
+            del self.f["mask"]
         g = self.f.create_group("mask")
         g.create_dataset("flat", data=np.asarray(kept, dtype=bool), compression="gzip", shuffle=True)
         dtype = np.dtype([("name", h5py.string_dtype()), ("size", np.int64), ("kept", np.int64),

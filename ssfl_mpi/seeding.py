@@ -14,6 +14,10 @@ PURPOSES = {
     "saliency": 5,
     "synthetic": 6,
     "test-split": 7,
+    "mask": 8,
+    "client-mask": 9,
+    "regrow": 10,
+    "personal-split": 11,
 }
 
 

@@ -58,6 +58,9 @@ class FlatModel:
         """(name, size) of each prunable tensor, in the order of the prunable vector."""
         return [(self.names[i], int(self.offsets[i + 1] - self.offsets[i])) for i in self.prunable]
 
+    def prunable_shapes(self) -> list[tuple]:
+        return [self.shapes[i] for i in self.prunable]
+
     def state(self) -> dict[str, np.ndarray]:
         """Named parameter arrays (copies) for output."""
         flat = self.flat.detach().cpu().numpy()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,10 +22,29 @@ class LocalSpec:
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0: no clipping
     augment: bool = False
+    prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2 added to the local loss
+    lr_schedule: str = "constant"
+    lr_decay: float = 1.0
+    lr_period: int = 10
+    lr_min: float = 0.0
+
+    def lr_at(self, round_: int, epoch: int) -> float:
+        """Step size in local epoch `epoch` (0-based) of federated round `round_` (1-based).
+
+        exp-round is the paper's CIFAR-10 schedule (lr * decay^round, the optimizer rebuilt every
+        round); cosine-restarts is its CIFAR-100 one: CosineAnnealingWarmRestarts stepped per local
+        epoch, restarted with every round's new optimizer.
+        """
+        if self.lr_schedule == "exp-round":
+            return self.lr * self.lr_decay ** (round_ - 1)
+        if self.lr_schedule == "cosine-restarts":
+            t = (epoch % self.lr_period) / self.lr_period
+            return self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * t)) / 2
+        return self.lr
 
 
 def sgd_step(w: torch.Tensor, g: torch.Tensor, multiplier: torch.Tensor | None, buf: torch.Tensor | None,
-             spec: LocalSpec) -> torch.Tensor | None:
+             spec: LocalSpec, *, lr: float, anchor: torch.Tensor | None = None) -> torch.Tensor | None:
     """torch.optim.SGD after clip_grad_norm_, on one flat vector, with pruned coordinates held at 0.
 
     The reference does w <- w - lr * (grad(w*m) * m) and re-applies the mask; the gradient is
@@ -31,6 +52,8 @@ def sgd_step(w: torch.Tensor, g: torch.Tensor, multiplier: torch.Tensor | None, 
     """
     if multiplier is not None:
         g.mul_(multiplier)
+    if spec.prox_mu and anchor is not None:  # zero at pruned weights: both w and anchor are zero there
+        g.add_(w - anchor, alpha=spec.prox_mu)
     if spec.grad_clip > 0:
         norm = torch.linalg.vector_norm(g)
         g.mul_(torch.clamp(spec.grad_clip / (norm + 1e-6), max=1.0))
@@ -40,22 +63,29 @@ def sgd_step(w: torch.Tensor, g: torch.Tensor, multiplier: torch.Tensor | None, 
     if spec.momentum:
         buf = g.clone() if buf is None else buf.mul_(spec.momentum).add_(g)
         step = buf
-    w.add_(step, alpha=-spec.lr)
+    w.add_(step, alpha=-lr)
     if multiplier is not None:
         w.mul_(multiplier)
     return buf
 
 
 def local_train(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, spec: LocalSpec,
-                multiplier: torch.Tensor | None, gen: torch.Generator) -> float:
-    """Train in place from the current weights; returns the sample-weighted mean training loss."""
+                multiplier: torch.Tensor | None, gen: torch.Generator, round_: int = 1,
+                grad_sq: torch.Tensor | None = None) -> float:
+    """Train in place from the current weights; returns the sample-weighted mean training loss.
+
+    grad_sq, if given, accumulates the squared raw gradient of every weight, pruned ones included
+    (PruneFL's importance), before the mask or clipping touch it.
+    """
     model = flat.model
     model.train()
     device = flat.flat.device
     buf = None
     total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
     w = flat.flat.detach()
-    for _ in range(spec.epochs):
+    anchor = w.clone() if spec.prox_mu else None
+    for epoch in range(spec.epochs):
+        lr = spec.lr_at(round_, epoch)
         order = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), spec.batch_size):
             idx = order[i: i + spec.batch_size]
@@ -66,7 +96,9 @@ def local_train(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, spec: Loca
             flat.zero_grad()
             loss = F.cross_entropy(model(xb.to(device)), yb)
             loss.backward()
-            buf = sgd_step(w, flat.grad, multiplier, buf, spec)
+            if grad_sq is not None:
+                grad_sq.addcmul_(flat.grad, flat.grad)
+            buf = sgd_step(w, flat.grad, multiplier, buf, spec, lr=lr, anchor=anchor)
             total += loss.detach() * len(idx)  # stays on the device: no sync per step
             seen += len(idx)
     flat.zero_grad()
@@ -74,15 +106,31 @@ def local_train(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, spec: Loca
 
 
 @torch.no_grad()
-def evaluate(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the current weights."""
+def predict(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *,
+            batch_size: int = 1000) -> tuple[torch.Tensor, float]:
+    """(per-sample correctness as bool [n] on the CPU, summed cross-entropy) of the current weights."""
     model = flat.model
     model.eval()
     device = flat.flat.device
-    correct, loss = 0, 0.0
+    correct, loss = [], 0.0
     for i in range(0, len(y), batch_size):
         xb, yb = x[i: i + batch_size].to(device), y[i: i + batch_size].to(device)
         out = model(xb)
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    return correct / len(y), loss / len(y)
+        correct.append((out.argmax(1) == yb).cpu())
+    return torch.cat(correct), loss
+
+
+def evaluate(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the current weights."""
+    correct, loss = predict(flat, x, y, batch_size=batch_size)
+    return float(correct.double().mean()), loss / len(y)
+
+
+def split_accuracy(correct: torch.Tensor, owner: np.ndarray, n_clients: int) -> float:
+    """Mean over clients (with a non-empty split) of the accuracy on their own test samples."""
+    owner_t = torch.from_numpy(owner)
+    hits = torch.bincount(owner_t, weights=correct.double(), minlength=n_clients)
+    sizes = torch.bincount(owner_t, minlength=n_clients)
+    has = sizes > 0
+    return float((hits[has] / sizes[has]).mean())

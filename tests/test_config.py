@@ -17,6 +17,15 @@ BAD = [
     ({"rounds": 0}, "rounds must be >= 1"),
     ({"lr": float("nan")}, "finite number"),
     ({"dataset": "cifar10", "data_root": "/nonexistent/x"}, "does not exist"),
+    ({"mask_distribution": "gaussian"}, "unknown value 'gaussian'"),
+    ({"lr_schedule": "step"}, "unknown value 'step'"),
+    ({"lr_decay": 0.0}, "lr-decay must be in"),
+    ({"lr_decay": 1.5}, "lr-decay must be in"),
+    ({"lr_min": 0.2, "lr": 0.1}, "lr-min must be in"),
+    ({"readjust_every": 0}, "readjust-every must be >= 1"),
+    ({"readjust_ratio": 1.5}, "readjust-ratio must be in"),
+    ({"prox_mu": -0.1}, "prox-mu must be >= 0"),
+    ({"lr_period": 0}, "lr-period must be >= 1"),
 ]
 
 
@@ -75,3 +84,20 @@ def test_default_out_path_and_density():
     assert Config(method="fedavg").out_path().name == "fedavg_digits_s0_seed0.h5"
     assert cfg.density == 0.5
     assert '"sparsity": 0.5' in cfg.to_json()
+
+
+def test_presets_ship_and_load_in_order_preset_file_flags(tmp_path):
+    from ssfl_mpi.presets import list_presets, load_preset
+
+    names = [n for n, _ in list_presets()]
+    assert {"paper-cifar10", "paper-cifar100", "digits-compare"} <= set(names)
+    assert all(summary for _, summary in list_presets())
+    c10 = make_config(load_preset("paper-cifar10"), {"data_root": str(tmp_path)})
+    assert (c10.model, c10.clients, c10.clients_per_round, c10.local_epochs, c10.batch_size) == \
+        ("resnet18", 100, 10, 5, 16)
+    assert (c10.lr_schedule, c10.lr_decay, c10.momentum, c10.sparsity, c10.alpha) == ("exp-round", 0.998, 0.0, 0.5, 0.3)
+    c100 = make_config(load_preset("paper-cifar100"), {"data_root": str(tmp_path), "rounds": 2})
+    assert (c100.local_epochs, c100.batch_size, c100.momentum, c100.lr_schedule, c100.lr_period, c100.rounds) == \
+        (10, 128, 0.9, "cosine-restarts", 10, 2)
+    with pytest.raises(UsageError, match="unknown preset 'nope'"):
+        load_preset("nope")

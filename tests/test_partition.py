@@ -72,3 +72,19 @@ def test_pathological_rejects_too_many_classes():
 def test_more_clients_than_samples_is_a_usage_error():
     with pytest.raises(UsageError, match="cannot be split"):
         partition("iid", LABELS[:5], n_clients=6, rng=np.random.default_rng(0))
+
+
+def test_personal_test_split_follows_training_label_counts():
+    from ssfl_mpi.partition import proportional_test_split
+
+    rng = np.random.default_rng(0)
+    test_labels = rng.integers(0, 3, 600)
+    train_counts = np.array([[10, 0, 5], [30, 20, 5], [0, 20, 0]])
+    owner = proportional_test_split(test_labels, train_counts, np.random.default_rng(1))
+    assert owner.shape == test_labels.shape and set(np.unique(owner)) <= {0, 1, 2}
+    for c in range(3):
+        n_c = (test_labels == c).sum()
+        got = np.bincount(owner[test_labels == c], minlength=3)
+        expected = train_counts[:, c] / train_counts[:, c].sum() * n_c
+        assert np.all(np.abs(got - expected) < 1)  # largest-remainder rounding
+    assert np.all(np.bincount(owner[test_labels == 1], minlength=3)[0] == 0)  # client 0 never saw class 1

@@ -36,7 +36,7 @@ def test_flat_sgd_matches_torch_sgd_with_clipping():
         opt.step()
         flat.zero_grad()
         nn.functional.cross_entropy(flat.model(x[i:i + 8]), y[i:i + 8]).backward()
-        buf = sgd_step(flat.flat.detach(), flat.grad, None, buf, spec)
+        buf = sgd_step(flat.flat.detach(), flat.grad, None, buf, spec, lr=spec.lr)
     expected = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
     assert torch.allclose(flat.flat, expected, atol=1e-6)
 
@@ -104,3 +104,63 @@ def test_evaluate_counts_correct_predictions():
     x = torch.tensor([[2.0, 0.0], [0.0, 2.0], [3.0, 1.0], [1.0, 3.0]])
     acc, loss = evaluate(flat, x, torch.tensor([0, 1, 1, 1]))
     assert acc == 0.75 and loss > 0
+
+
+def test_fedprox_step_adds_mu_times_the_drift_from_the_global_model():
+    w = torch.tensor([1.0, 2.0, 0.0])
+    anchor = torch.tensor([0.5, 2.0, 0.0])
+    g = torch.tensor([0.1, 0.1, 0.0])
+    spec = LocalSpec(epochs=1, batch_size=1, lr=0.1, prox_mu=2.0)
+    mult = torch.tensor([1.0, 1.0, 0.0])
+    sgd_step(w, g, mult, None, spec, lr=spec.lr, anchor=anchor)
+    # w - lr * (g + mu (w - anchor)) = [1 - 0.1*(0.1 + 1.0), 2 - 0.1*0.1, 0]
+    assert torch.allclose(w, torch.tensor([0.89, 1.99, 0.0]))
+
+
+def test_fedprox_pulls_local_training_towards_the_global_model():
+    x, y = _data()
+    drift = {}
+    for mu in (0.0, 10.0):
+        flat = FlatModel(_net())
+        start = flat.flat.detach().clone()
+        local_train(flat, x, y, spec=LocalSpec(epochs=3, batch_size=8, lr=0.05, prox_mu=mu), multiplier=None,
+                    gen=torch.Generator().manual_seed(0))
+        drift[mu] = float((flat.flat - start).norm())
+    assert drift[10.0] < 0.8 * drift[0.0]
+
+
+def test_learning_rate_schedules():
+    exp = LocalSpec(epochs=1, batch_size=1, lr=0.1, lr_schedule="exp-round", lr_decay=0.998)
+    assert exp.lr_at(1, 0) == 0.1 and np.isclose(exp.lr_at(11, 3), 0.1 * 0.998 ** 10)
+    cos = LocalSpec(epochs=1, batch_size=1, lr=0.1, lr_schedule="cosine-restarts", lr_period=10, lr_min=1e-5)
+    assert cos.lr_at(7, 0) == 0.1 and np.isclose(cos.lr_at(7, 5), (0.1 + 1e-5) / 2)
+    assert cos.lr_at(7, 10) == 0.1  # restart after a period
+    ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), T_0=10, eta_min=1e-5)
+    for epoch in range(25):
+        assert np.isclose(cos.lr_at(3, epoch), ref.get_last_lr()[0])
+        ref.optimizer.step()
+        ref.step()
+    assert LocalSpec(epochs=1, batch_size=1, lr=0.3).lr_at(50, 4) == 0.3
+
+
+def test_grad_sq_accumulates_raw_gradients_of_pruned_weights_too():
+    flat = FlatModel(_net())
+    kept = torch.zeros(flat.n_prunable, dtype=torch.bool)
+    kept[::2] = True
+    mask = make_mask(flat, kept)
+    flat.flat.detach().mul_(mask.multiplier)
+    grad_sq = torch.zeros_like(flat.flat)
+    x, y = _data()
+    local_train(flat, x, y, spec=LocalSpec(epochs=1, batch_size=8, lr=0.1), multiplier=mask.multiplier,
+                gen=torch.Generator().manual_seed(0), grad_sq=grad_sq)
+    pruned = flat.prunable_idx[~kept]
+    assert torch.all(grad_sq >= 0) and grad_sq[pruned].sum() > 0
+
+
+def test_split_accuracy_is_the_mean_of_per_client_accuracies():
+    from ssfl_mpi.training import split_accuracy
+
+    correct = torch.tensor([True, False, True, True, False, True])
+    owner = np.array([0, 0, 1, 1, 1, 3])  # client 2 has no test samples and does not count
+    assert np.isclose(split_accuracy(correct, owner, 4), (0.5 + 2 / 3 + 1.0) / 3)

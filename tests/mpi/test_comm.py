@@ -47,6 +47,13 @@ def test_gatherv_collects_variable_counts_in_rank_order(comm):
     all_ok(comm.seconds > 0, "gatherv time accounted")
 
 
+def test_scatterv_hands_each_rank_its_piece(comm):
+    counts = np.arange(comm.size, dtype=np.int64) + 1
+    send = np.concatenate([np.full(c, r, dtype=np.uint8) for r, c in enumerate(counts)]) if comm.is_server else None
+    got = comm.scatterv(send, counts, dtype=np.uint8)
+    all_ok(np.array_equal(got, np.full(comm.rank + 1, comm.rank, dtype=np.uint8)), "scatterv")
+
+
 def test_gatherv_refuses_a_send_size_that_differs_from_the_protocol(comm):
     counts = np.ones(comm.size, dtype=np.int64)
     with pytest.raises(ValueError, match="expects 1"):

@@ -1,0 +1,209 @@
+"""Rounds of per-client or changing masks (random-clientwise, feddst, prunefl): messages with metadata.
+
+Clients are stateless, as in cross-device FL: a sampled client may never have seen the current
+mask, so every downlink message carries the mask it is to train in (bitmap or int32 indices,
+whichever is smaller; see `codec`). An uplink message carries a mask only when the client changed
+it (FedDST's readjustment rounds), and PruneFL's importance scores on its reconfiguration rounds.
+
+Per round: Bcast of the downlink lengths, then Bcast of the one shared message or Scatterv of
+the per-client ones; Gatherv of uplink lengths, Gatherv of the uplink bytes, Gatherv of metadata.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from . import codec
+from .methods import METHODS
+from .protocol import META_COLUMNS, RoundPlan, ServerBase, Setup, inject_fault, local_spec
+from .seeding import torch_gen
+from .sparse import Mask, make_mask, n_keep, pack
+from .training import local_train
+
+
+def _rank_sums(lengths: np.ndarray, per_rank: np.ndarray) -> np.ndarray:
+    """Per-rank byte counts from per-client lengths listed in rank order (client-id order within)."""
+    ends = np.cumsum(np.concatenate([[0], lengths]))
+    bounds = np.cumsum(np.concatenate([[0], per_rank]))
+    return (ends[bounds[1:]] - ends[bounds[:-1]]).astype(np.int64)
+
+
+class _Traffic:
+    """Byte and encoding counts of one direction of one round, from the buffers really sent."""
+
+    def __init__(self):
+        self.total = self.meta = self.bitmap = self.indices = 0
+
+    def add(self, buf: np.ndarray) -> None:
+        kind, n_values, _, _ = codec.header(buf)
+        self.total += buf.size
+        self.meta += buf.size - 4 * n_values
+        self.bitmap += kind == codec.BITMAP
+        self.indices += kind == codec.INDICES
+
+
+class DynamicServer(ServerBase):
+    def __init__(self, s: Setup, mask: Mask):
+        super().__init__(s, mask)
+        self.global_flat = s.flat.flat.detach().cpu().clone()
+        self.k = n_keep(s.cfg.density, s.flat.n_prunable)
+
+    def client_kept(self, cid: int) -> torch.Tensor:
+        if self.method.shared_mask:
+            return self.mask.kept
+        cfg = self.cfg
+        return self.method.client_mask(self.s.flat, cid, seed=cfg.seed, density=cfg.density,
+                                       distribution=cfg.mask_distribution)
+
+    def client_multiplier(self, cid: int) -> torch.Tensor:
+        return make_mask(self.s.flat, self.client_kept(cid)).multiplier
+
+    def _downlink(self, plan: RoundPlan) -> tuple[list[np.ndarray], list[Mask]]:
+        """One message per sampled client in client-id order (one object shared when masks are)."""
+        flat = self.s.flat
+        if self.method.shared_mask:
+            msg = codec.encode(pack(self.global_flat, self.mask.send_idx.cpu()), self.mask.kept)
+            return [msg] * len(plan.clients), [self.mask] * len(plan.clients)
+        msgs, masks = [], []
+        for cid in plan.clients:
+            m = make_mask(flat, self.client_kept(int(cid)))
+            masks.append(m)
+            msgs.append(codec.encode(pack(self.global_flat, m.send_idx.cpu()), m.kept))
+        return msgs, masks
+
+    def _loop(self) -> None:
+        cfg, comm = self.cfg, self.s.comm
+        pending = None
+        for r in range(1, cfg.rounds + 1):
+            plan = RoundPlan(self.s, r)
+            inject_fault(comm.rank, r)
+            t0 = time.perf_counter()
+            msgs, masks = self._downlink(plan)
+            lengths = np.array([m.size for m in msgs], dtype=np.int64)
+            comm.bcast_(lengths)
+            if self.method.shared_mask:
+                comm.bcast_(msgs[0])
+            else:
+                by_rank = np.argsort(self.s.home[plan.clients], kind="stable")  # Scatterv order
+                comm.scatterv(np.concatenate([msgs[i] for i in by_rank]),
+                              _rank_sums(lengths[by_rank], plan.per_rank))
+            down = _Traffic()
+            for m in msgs:
+                down.add(m)
+            if pending is not None:  # evaluate round r-1's model while the workers train round r
+                self._finish(pending)
+            up_len = comm.gatherv(np.empty(0, np.int64), plan.per_rank)
+            up = comm.gatherv(np.empty(0, np.uint8), _rank_sums(up_len, plan.per_rank))
+            meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
+            pending = self._aggregate(r, plan, masks, up, up_len, meta)
+            pending.update(bytes_down=down.total, meta_bytes_down=down.meta,
+                           masks_bitmap=pending["masks_bitmap"] + down.bitmap,
+                           masks_indices=pending["masks_indices"] + down.indices,
+                           time_round=time.perf_counter() - t0)
+        self._finish(pending)
+
+    def _aggregate(self, r: int, plan: RoundPlan, masks: list[Mask], up: np.ndarray,
+                   up_len: np.ndarray, meta: np.ndarray) -> dict:
+        """Average every coordinate over the clients that kept it, weighted by n_k, in client-id order."""
+        row, order, sizes = self._round_row(r, plan, meta)
+        flat, n_prunable = self.s.flat, self.s.flat.n_prunable
+        offsets = np.concatenate([[0], np.cumsum(up_len)])
+        received = {int(meta[i, 0]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
+        cids = np.sort(meta[:, 0].astype(np.int64))
+        weighted = torch.zeros(flat.numel, dtype=torch.float64)
+        weight = torch.zeros(flat.numel, dtype=torch.float64)
+        votes = np.zeros(n_prunable, dtype=np.int64)
+        importance = np.zeros(n_prunable, dtype=np.float64)
+        traffic = _Traffic()
+        for j, cid in enumerate(cids):
+            msg = codec.decode(received[int(cid)], n_prunable=n_prunable)
+            traffic.add(received[int(cid)])
+            m = masks[j] if msg.kept is None else make_mask(flat, msg.kept)
+            idx = m.send_idx.cpu()
+            if msg.values.numel() != idx.numel():
+                raise RuntimeError(f"round {r}: client {cid} sent {msg.values.numel()} values for a mask "
+                                   f"of {idx.numel()}")
+            n_k = float(sizes[j])
+            weighted.index_add_(0, idx, msg.values.double(), alpha=n_k)
+            weight.index_add_(0, idx, torch.full((idx.numel(),), n_k, dtype=torch.float64))
+            votes += m.kept.cpu().numpy()
+            if msg.extra is not None:
+                importance += n_k * msg.extra.double().numpy()
+        changes = 0
+        has = weight > 0
+        self.global_flat[has] = (weighted[has] / weight[has]).float()
+        if self.method.readjusts(r, every=self.cfg.readjust_every) and self.method.shared_mask:
+            kept = self.method.server_mask(votes=votes, weights=self.global_flat[flat.prunable_idx.cpu()].numpy(),
+                                           importance=importance / sizes.sum(), k=self.k)
+            changes = int((torch.from_numpy(kept) != self.mask.kept.cpu()).sum())
+            self.mask = make_mask(flat, torch.from_numpy(kept))
+            self.global_flat.mul_(self.mask.multiplier.cpu())
+        row.update(bytes_up=traffic.total, meta_bytes_up=traffic.meta, masks_bitmap=traffic.bitmap,
+                   masks_indices=traffic.indices, mask_changes=changes)
+        return row
+
+    def _load_global(self) -> None:
+        self.s.flat.flat.detach().copy_(self.global_flat)
+
+
+class DynamicWorker:
+    def __init__(self, s: Setup, mask: Mask):
+        self.s, self.cfg = s, s.cfg
+        self.method = METHODS[s.cfg.method]
+        self.spec = local_spec(s.cfg, s.dataset.augment)
+
+    def run(self) -> None:
+        for r in range(1, self.cfg.rounds + 1):
+            inject_fault(self.s.comm.rank, r)
+            self._round(RoundPlan(self.s, r))
+
+    def _receive(self, plan: RoundPlan) -> dict[int, codec.Message]:
+        s, comm = self.s, self.s.comm
+        lengths = np.empty(len(plan.clients), dtype=np.int64)
+        comm.bcast_(lengths)
+        if self.method.shared_mask:
+            buf = np.empty(int(lengths[0]), dtype=np.uint8)
+            comm.bcast_(buf)
+            msg = codec.decode(buf, n_prunable=s.flat.n_prunable)
+            return {cid: msg for cid in plan.mine(s)}
+        mine = s.home[plan.clients] == comm.rank
+        by_rank = np.argsort(s.home[plan.clients], kind="stable")
+        buf = comm.scatterv(None, _rank_sums(lengths[by_rank], plan.per_rank), dtype=np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(lengths[mine])])
+        return {int(cid): codec.decode(buf[offsets[i]: offsets[i + 1]], n_prunable=s.flat.n_prunable)
+                for i, cid in enumerate(plan.clients[mine])}
+
+    def _round(self, plan: RoundPlan) -> None:
+        s, comm, cfg, r = self.s, self.s.comm, self.cfg, plan.r
+        comm.reset_timer()
+        received = self._receive(plan)
+        readjust = self.method.readjusts(r, every=cfg.readjust_every)
+        out, meta = [], np.zeros((len(received), META_COLUMNS), dtype=np.float64)
+        for i, cid in enumerate(sorted(received)):
+            t0 = time.perf_counter()
+            msg = received[cid]
+            mask = make_mask(s.flat, msg.kept)
+            s.flat.flat.detach().zero_().index_copy_(0, mask.send_idx, msg.values.to(s.device))
+            x, y = s.clients[cid]
+            grad_sq = (torch.zeros_like(s.flat.flat) if readjust and self.method.collects_importance else None)
+            loss = local_train(s.flat, x, y, spec=self.spec, multiplier=mask.multiplier,
+                               gen=torch_gen(cfg.seed, "shuffle", cid, r), round_=r, grad_sq=grad_sq)
+            new_kept = None
+            if readjust and self.method.client_regrows:
+                fraction = self.method.prune_fraction(r, rounds=cfg.rounds, ratio=cfg.readjust_ratio)
+                new_kept = self.method.readjust(s.flat, mask.kept, x, y, fraction=fraction,
+                                                batch_size=cfg.batch_size, gen=torch_gen(cfg.seed, "regrow", cid, r))
+                mask = make_mask(s.flat, new_kept)
+            extra = grad_sq[s.flat.prunable_idx] if grad_sq is not None else None
+            out.append(codec.encode(pack(s.flat.flat, mask.send_idx), new_kept, extra))
+            meta[i, :4] = cid, len(y), loss, time.perf_counter() - t0
+        lengths = np.array([m.size for m in out], dtype=np.int64)
+        comm.gatherv(lengths, plan.per_rank)
+        counts = np.zeros(comm.size, dtype=np.int64)
+        counts[comm.rank] = lengths.sum()  # only the root's counts matter to Gatherv
+        comm.gatherv(np.concatenate(out) if out else np.empty(0, np.uint8), counts)
+        meta[:, 4] = comm.reset_timer()
+        comm.gatherv(meta.ravel(), plan.meta_counts)

@@ -1,0 +1,271 @@
+"""What both round protocols share: setup on every rank, the round plan, and the server's output side."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import comm as mpi
+from . import data, models
+from .config import Config
+from .errors import UsageError
+from .methods import METHODS, MaskContext
+from .partition import label_counts, partition, proportional_test_split
+from .results import ResultWriter, check_writable
+from .seeding import np_rng, sample_clients, torch_seed
+from .sparse import FlatModel, Mask
+from .training import LocalSpec, predict, split_accuracy
+
+log = logging.getLogger("ssfl_mpi")
+
+FAULT_ENV = "SSFL_MPI_TEST_FAULT"  # "RANK:ROUND": raise on that rank at that round (tests only)
+META_COLUMNS = 5  # per sampled client: id, n_k, train loss, compute seconds, worker comm seconds
+
+
+@dataclass
+class Setup:
+    """What every rank holds after setup; the mask comes after, from the method."""
+
+    cfg: Config
+    comm: mpi.Comm
+    device: torch.device
+    threads: int
+    dataset: data.Dataset
+    sizes: np.ndarray          # n_k for all K clients
+    label_counts: np.ndarray   # [K, classes]
+    home: np.ndarray           # home rank of each client
+    clients: dict              # this rank's clients: id -> (x, y)
+    test: tuple | None         # the server's test set
+    test_owner: np.ndarray | None  # the server's: client whose personal split holds each test sample
+    model_name: str
+    flat: FlatModel
+
+
+def inject_fault(rank: int, r: int) -> None:
+    """Test-only: an exception on one rank mid-run, to check that the whole job ends."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{rank}:{r}":
+        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
+
+
+def home_ranks(n_clients: int, workers: int) -> np.ndarray:
+    """Client k lives on rank 1 + (k mod W) for the whole run."""
+    return 1 + np.arange(n_clients) % workers
+
+
+def pick_threads(requested: int, ranks_on_node: int) -> int:
+    if requested:
+        return requested
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    cores = len(os.sched_getaffinity(0))
+    if cores < (os.cpu_count() or cores):  # the launcher already bound us to our share
+        return cores
+    return max(1, cores // ranks_on_node)
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """Rank -> device: ranks on a node share its GPUs round-robin by node-local rank."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no CUDA device on this node")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(cfg: Config, comm: mpi.Comm) -> Setup:
+    """Every rank runs the same setup; any bad input ends all ranks with the same message."""
+    error, result = None, None
+    try:
+        cfg.check_world(comm.size)
+        if comm.is_server:
+            check_writable(cfg.out_path(), overwrite=cfg.overwrite)
+        result = _setup(cfg, comm)
+    except UsageError as exc:
+        error = str(exc)
+    comm.agree(error)
+    return result
+
+
+def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
+    threads = pick_threads(cfg.threads, comm.local_size)
+    torch.set_num_threads(threads)
+    device = pick_device(cfg.device, comm.local_rank)
+    ds = data.load(cfg.dataset, root=cfg.data_root, download=cfg.download,
+                   synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
+    parts = partition(cfg.partition, ds.train_labels, n_clients=cfg.clients,
+                      rng=np_rng(cfg.seed, "partition"), alpha=cfg.alpha,
+                      classes_per_client=cfg.classes_per_client)
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    if sizes.min() == 0:
+        raise UsageError(f"partition {cfg.partition} left client {int(sizes.argmin())} without data")
+    home = home_ranks(cfg.clients, comm.workers)
+    clients = {k: ds.train_subset(parts[k]) for k in range(cfg.clients) if home[k] == comm.rank}
+    test = ds.test_set() if comm.is_server else None
+    counts = label_counts(ds.train_labels, parts, ds.n_classes)
+    owner = (proportional_test_split(test[1].numpy(), counts, np_rng(cfg.seed, "personal-split"))
+             if comm.is_server else None)
+    model_name = models.resolve(cfg.model, cfg.dataset)
+    net = models.build(model_name, dataset=cfg.dataset, input_shape=ds.input_shape,
+                       n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
+    return Setup(cfg=cfg, comm=comm, device=device, threads=threads, dataset=ds, sizes=sizes,
+                 label_counts=counts, home=home, clients=clients, test=test, test_owner=owner,
+                 model_name=model_name, flat=FlatModel(net, device))
+
+
+def local_spec(cfg: Config, augment: bool) -> LocalSpec:
+    return LocalSpec(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                     weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, augment=augment,
+                     prox_mu=cfg.prox_mu, lr_schedule=cfg.lr_schedule, lr_decay=cfg.lr_decay,
+                     lr_period=cfg.lr_period, lr_min=cfg.lr_min)
+
+
+def find_mask(s: Setup) -> Mask:
+    cfg = s.cfg
+    ctx = MaskContext(flat=s.flat, clients=s.clients, client_sizes=s.sizes, seed=cfg.seed,
+                      density=cfg.density, batch_size=cfg.batch_size,
+                      saliency_batches=cfg.saliency_batches, saliency_weighting=cfg.saliency_weighting,
+                      mask_distribution=cfg.mask_distribution, spec=local_spec(cfg, s.dataset.augment),
+                      reduce_max=s.comm.allreduce_max, reduce_sum_=s.comm.allreduce_sum_)
+    mask = METHODS[cfg.method].find_mask(ctx)
+    s.flat.flat.mul_(mask.multiplier)  # the pruned initial weights are zero from here on
+    return mask
+
+
+class RoundPlan:
+    """What the server and the workers both derive from (seed, round)."""
+
+    def __init__(self, s: Setup, r: int, payload: int = 0):
+        self.r = r
+        self.clients = sample_clients(s.cfg.seed, r, s.cfg.clients, s.cfg.clients_per_round)
+        self.per_rank = np.bincount(s.home[self.clients], minlength=s.comm.size)
+        self.model_counts = self.per_rank * payload
+        self.meta_counts = self.per_rank * META_COLUMNS
+
+    def mine(self, s: Setup) -> list[int]:
+        return [int(c) for c in self.clients if s.home[c] == s.comm.rank]
+
+
+class ServerBase:
+    """Rank 0's output side: the result file, evaluation (global and personal), progress lines.
+
+    Subclasses run the rounds in `_loop` and hand each finished round to `_finish`.
+    """
+
+    def __init__(self, s: Setup, mask: Mask):
+        self.s, self.mask, self.cfg = s, mask, s.cfg
+        self.method = METHODS[s.cfg.method]
+        self.writer: ResultWriter | None = None
+
+    def _attrs(self) -> dict:
+        cfg, s, mask = self.cfg, self.s, self.mask
+        up, down = self.method.setup_bytes(n_clients=cfg.clients, n_prunable=s.flat.n_prunable, mask=mask)
+        return {
+            "method": cfg.method, "dataset": cfg.dataset, "model": s.model_name,
+            "partition": cfg.partition, "sparsity": cfg.sparsity if self.method.sparse else 0.0,
+            "density": mask.density, "seed": cfg.seed, "world_size": s.comm.size,
+            "n_clients": cfg.clients, "clients_per_round": cfg.clients_per_round,
+            "rounds": cfg.rounds, "config": cfg.to_json(), "mpi_library": mpi.library_version(),
+            "n_params": s.flat.numel, "n_prunable": s.flat.n_prunable, "n_kept": mask.n_kept,
+            "payload_values": mask.payload, "mask_digest": mask.digest(),
+            "setup_bytes_up": up, "setup_bytes_down": down,
+            "threads_per_rank": s.threads, "device": str(s.device),
+        }
+
+    def run(self) -> Path:
+        self.writer = ResultWriter(self.cfg.out_path(), overwrite=self.cfg.overwrite, attrs=self._attrs())
+        status = "failed"
+        try:
+            self.writer.write_partition(self.s.sizes, self.s.label_counts)
+            self._write_mask()
+            self._loop()
+            self._write_mask()  # the final mask, for methods whose mask changes
+            self.writer.write_model(self.s.flat.state())
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.writer.close(status)
+        return self.writer.path
+
+    def _write_mask(self) -> None:
+        if self.method.sparse:
+            self.writer.write_mask(self.mask.kept.cpu().numpy(), self.mask.layer_density(self.s.flat))
+            self.writer.set_attrs(density=self.mask.density, n_kept=self.mask.n_kept,
+                                  mask_digest=self.mask.digest())
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _load_global(self) -> None:
+        """Put the global model of the round being finished into s.flat."""
+        raise NotImplementedError
+
+    def client_multiplier(self, cid: int) -> torch.Tensor | None:
+        """The mask client cid trains in, when clients differ (None: the shared one)."""
+        return None
+
+    def _evaluate(self) -> tuple[float, float, float]:
+        s = self.s
+        x, y = s.test
+        correct, loss = predict(s.flat, x, y)
+        personal = split_accuracy(correct, s.test_owner, self.cfg.clients)
+        if not self.method.shared_mask:
+            personal = self._personal_per_client_masks()
+        return float(correct.double().mean()), loss / len(y), personal
+
+    def _personal_per_client_masks(self) -> float:
+        """Each client's model is the global one inside its own mask, on its own split."""
+        s = self.s
+        x, y = s.test
+        saved = s.flat.flat.detach().clone()
+        accs = []
+        for cid in range(self.cfg.clients):
+            idx = np.flatnonzero(s.test_owner == cid)
+            if not len(idx):
+                continue
+            s.flat.flat.detach().mul_(self.client_multiplier(cid))
+            correct, _ = predict(s.flat, x[idx], y[idx])
+            accs.append(float(correct.double().mean()))
+            s.flat.flat.detach().copy_(saved)
+        return float(np.mean(accs))
+
+    def _finish(self, row: dict) -> None:
+        """Evaluate the round's model (if due), write its row, print its line."""
+        cfg = self.cfg
+        r = row["round"]
+        self._load_global()
+        acc = loss = personal = float("nan")
+        if r % cfg.eval_every == 0 or r == cfg.rounds:
+            acc, loss, personal = self._evaluate()
+        row.update(test_accuracy=acc, test_loss=loss, personal_accuracy=personal)
+        self.writer.append_round(row)
+        log.info("round %4d/%d  acc %s  personal %s  train %.4f  up %.3f MB  down %.3f MB  "
+                 "comm %.3f s  round %.3f s", r, cfg.rounds, _fmt(acc), _fmt(personal),
+                 row["train_loss"], row["bytes_up"] / 1e6, row["bytes_down"] / 1e6,
+                 row["time_comm"], row["time_round"])
+
+    def _round_row(self, r: int, plan: RoundPlan, meta: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Check the received client set; the row's common fields, the client-id order, sizes."""
+        cids = meta[:, 0].astype(np.int64)
+        if not np.array_equal(np.sort(cids), plan.clients):
+            raise RuntimeError(f"round {r}: received updates of clients {sorted(cids)}, "
+                               f"expected {plan.clients.tolist()}")
+        order = np.argsort(cids, kind="stable")
+        sizes = meta[order, 1]
+        ranks = self.s.home[cids]
+        compute = max(meta[ranks == q, 3].sum() for q in np.unique(ranks))
+        row = {"round": r, "train_loss": float(np.dot(sizes, meta[order, 2]) / sizes.sum()),
+               "time_compute": float(compute), "time_comm": float(meta[:, 4].max())}
+        return row, order, sizes
+
+
+def _fmt(value: float) -> str:
+    return "   -  " if np.isnan(value) else f"{value:.4f}"

@@ -1,0 +1,95 @@
+"""Rounds of a fixed shared mask (FedAvg, SSFL, random, magnitude, snip-single): values only on the wire.
+
+Per round: Bcast of the packed global vector, one Gatherv of every sampled client's packed update
+(counts known to all from the shared client sample), one Gatherv of per-client metadata.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .aggregation import weighted_average
+from .protocol import META_COLUMNS, RoundPlan, ServerBase, Setup, inject_fault, local_spec
+from .seeding import torch_gen
+from .sparse import Mask, pack, unpack
+from .training import local_train
+
+
+class StaticServer(ServerBase):
+    def __init__(self, s: Setup, mask: Mask):
+        super().__init__(s, mask)
+        self.global_np = pack(s.flat.flat, mask.send_idx).cpu().numpy()
+        self.recv = np.empty(s.cfg.clients_per_round * mask.payload, dtype=np.float32)
+
+    def _loop(self) -> None:
+        cfg, comm = self.cfg, self.s.comm
+        pending = None
+        for r in range(1, cfg.rounds + 1):
+            plan = RoundPlan(self.s, r, self.mask.payload)
+            inject_fault(comm.rank, r)
+            t0 = time.perf_counter()
+            comm.bcast_(self.global_np)
+            if pending is not None:  # evaluate round r-1's model while the workers train round r
+                self._finish(pending)
+            updates = comm.gatherv(np.empty(0, np.float32), plan.model_counts, self.recv)
+            meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
+            pending = self._aggregate(r, plan, updates, meta)
+            pending["time_round"] = time.perf_counter() - t0
+        self._finish(pending)
+
+    def _aggregate(self, r: int, plan: RoundPlan, updates: np.ndarray, meta: np.ndarray) -> dict:
+        row, order, sizes = self._round_row(r, plan, meta)
+        rows = torch.from_numpy(updates).view(len(order), self.mask.payload)
+        weighted_average([rows[i] for i in order], sizes, out=torch.from_numpy(self.global_np))
+        payload_bytes = self.mask.payload * self.global_np.itemsize * len(order)
+        row.update(bytes_up=int(updates.nbytes), bytes_down=payload_bytes, meta_bytes_up=0,
+                   meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0)
+        return row
+
+    def _load_global(self) -> None:
+        unpack(torch.from_numpy(self.global_np).to(self.s.device), self.mask.send_idx, self.s.flat.flat)
+
+
+class StaticWorker:
+    def __init__(self, s: Setup, mask: Mask):
+        self.s, self.mask, self.cfg = s, mask, s.cfg
+        self.global_np = np.empty(mask.payload, dtype=np.float32)
+        # Reused every round: at most min(M, own clients) updates go up from this rank.
+        most = min(s.cfg.clients_per_round, len(s.clients))
+        self.send = np.empty(most * mask.payload, dtype=np.float32)
+        self.spec = local_spec(s.cfg, s.dataset.augment)
+        # A dense mask needs no multiply: nothing is pruned.
+        self.multiplier = mask.multiplier if mask.n_kept < s.flat.n_prunable else None
+
+    def run(self) -> None:
+        for r in range(1, self.cfg.rounds + 1):
+            inject_fault(self.s.comm.rank, r)
+            self._round(RoundPlan(self.s, r, self.mask.payload))
+
+    def _round(self, plan: RoundPlan) -> None:
+        s, comm, payload = self.s, self.s.comm, self.mask.payload
+        mine = plan.mine(s)
+        comm.reset_timer()
+        comm.bcast_(self.global_np)
+        global_t = torch.from_numpy(self.global_np).to(s.device)
+        send = self.send[: len(mine) * payload]
+        send_t = torch.from_numpy(send)
+        meta = np.zeros((len(mine), META_COLUMNS), dtype=np.float64)
+        for i, cid in enumerate(mine):
+            t0 = time.perf_counter()
+            unpack(global_t, self.mask.send_idx, s.flat.flat)
+            x, y = s.clients[cid]
+            loss = local_train(s.flat, x, y, spec=self.spec, multiplier=self.multiplier,
+                               gen=torch_gen(self.cfg.seed, "shuffle", cid, plan.r), round_=plan.r)
+            out = send_t[i * payload: (i + 1) * payload]
+            if s.device.type == "cpu":
+                pack(s.flat.flat, self.mask.send_idx, out=out)
+            else:
+                out.copy_(pack(s.flat.flat, self.mask.send_idx))
+            meta[i, :4] = cid, len(y), loss, time.perf_counter() - t0
+        comm.gatherv(send, plan.model_counts)
+        meta[:, 4] = comm.reset_timer()
+        comm.gatherv(meta.ravel(), plan.meta_counts)
