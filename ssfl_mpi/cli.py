@@ -10,7 +10,8 @@ import sys
 from .config import (DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, METHODS, MODELS, PARTITIONS,
                      SALIENCY_WEIGHTINGS, load_toml, make_config)
 from .presets import list_presets, load_preset
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, RunError,
+                     UsageError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +56,8 @@ RUN_OPTIONS = [
     ("--synthetic-beta", float, "FedProx Synthetic(alpha, beta): input heterogeneity"),
     ("--seed", int, "seed of every random stream"),
     ("--eval-every", int, "evaluate the global model every N rounds (and the last)"),
+    ("--checkpoint-every", int, "write the state to resume from every N rounds (and the last)"),
+    ("--on-nonfinite", ("stop", "skip"), "a client update with NaN/Inf: stop the run, or leave it out"),
     ("--threads", int, "torch threads per rank (0: cores on the node / ranks on it)"),
     ("--device", DEVICES, "auto: a GPU per rank round-robin when CUDA is present"),
     ("--out", str, "result file (.h5); default results/<method>_<dataset>_s<S>_seed<seed>.h5"),
@@ -65,6 +68,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", metavar="NAME", help="shipped settings (see `ssfl-mpi presets`); "
                    "--config and flags override it")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of options; flags override it")
+    p.add_argument("--resume", metavar="FILE.h5", help="continue an interrupted run from its result "
+                   "file (its settings are used; flags may change only paths, threads, device)")
     for flag, kind, text in RUN_OPTIONS:
         if isinstance(kind, tuple):
             p.add_argument(flag, choices=kind, default=argparse.SUPPRESS, help=text)
@@ -113,21 +118,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import comm as mpi
     from .runtime import run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "preset")}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "func", "config", "preset", "resume")}
     with _same_on_every_rank():
         base = load_preset(args.preset) if args.preset else {}
-        cfg = make_config({**base, **(load_toml(args.config) if args.config else {})}, options)
+        base.update(load_toml(args.config) if args.config else {})
+        cfg = make_config(base, options) if not args.resume else None
     world = mpi.Comm()
-    path = run(cfg, world)
+    resume = None
+    if args.resume:
+        cfg, resume = _resume(world, args.resume, base, options)
+    path = run(cfg, world, resume)
     if path is not None:
         logging.getLogger("ssfl_mpi").info("wrote %s", path)
     return EXIT_OK
 
 
+def _resume(world, path: str, base: dict, options: dict):
+    """The file's config (flags may change only where and how it runs) and its checkpoint."""
+    from pathlib import Path
+
+    from .config import Config
+    from .results import read_checkpoint
+    from .runtime import ResumePoint
+
+    error, ck = None, None
+    if world.is_server:
+        try:
+            ck = read_checkpoint(path)
+            if ck["status"] == "complete":
+                raise UsageError(f"--resume: {path!r} is already complete; nothing to resume")
+        except UsageError as exc:
+            error = str(exc)
+    world.agree(error)
+    saved_values, round_ = world.bcast_object((ck["config"], ck["round"]) if world.is_server else None)
+    with _same_on_every_rank():
+        try:
+            saved = Config(**saved_values)
+        except (TypeError, UsageError) as exc:
+            raise UsageError(f"--resume: the config stored in {path!r} is not valid here ({exc})") from None
+        wanted = make_config({**saved_values, **base}, {**options, "out": path})
+        changed = saved.experiment_diff(wanted)
+        if changed:
+            detail = ", ".join(f"{k} ({getattr(saved, k)!r} in the file, {getattr(wanted, k)!r} now)"
+                               for k in changed)
+            raise UsageError(f"--resume: {path!r} was run with other settings: {detail}; resume without "
+                             f"them or start a new run with --out")
+    point = ResumePoint(path=Path(path), round=round_, vector=ck["vector"] if ck else None,
+                        kept=ck["kept"] if ck else None, row=ck["row"] if ck else None)
+    logging.getLogger("ssfl_mpi").info("resuming %s after round %d", path, round_)
+    return wanted, point
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from .table import markdown, summarize
 
-    text = markdown(summarize(args.files), metric=args.metric)
+    with _same_on_every_rank():  # every rank reads the same files
+        text = markdown(summarize(args.files), metric=args.metric)
     print(text, end="")
     if args.out:
         with open(args.out, "w") as fh:
@@ -181,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         mpi.report_usage_error(str(exc), collective=exc.collective)
         return EXIT_USAGE
+    except Interrupted:
+        logging.getLogger("ssfl_mpi").info("stopped by a signal at a round boundary; the checkpoint "
+                                               "is written: continue with --resume")
+        return EXIT_INTERRUPTED
+    except RunError as exc:
+        mpi.report_run_error(str(exc))
+        return EXIT_FAILURE
     except BaseException as exc:  # noqa: BLE001 - any other failure ends every rank, traceback once
         if isinstance(exc, SystemExit) and exc.code in (0, None):  # --help
             return EXIT_OK

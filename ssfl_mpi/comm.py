@@ -131,6 +131,12 @@ class Comm:
         self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX))
         return float(buf[0])
 
+    def any_(self, flag: bool) -> bool:
+        """True on every rank if it is True on any (e.g. a stop signal seen by one rank)."""
+        buf = np.array([int(bool(flag))], dtype=np.int64)
+        self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX))
+        return bool(buf[0])
+
     def barrier(self) -> None:
         self._wait(self.comm.Ibarrier())
 
@@ -169,6 +175,14 @@ def report_usage_error(message: str, *, collective: bool) -> None:
     os.write(2, line.encode())  # one write: lines of different ranks do not interleave
     if not collective and world_size() > 1:
         MPI.COMM_WORLD.Abort(EXIT_USAGE)
+
+
+def report_run_error(message: str) -> None:
+    """A run stopped for a reason one line explains (seen on one rank): that line, then end every rank."""
+    rank = world_rank()
+    os.write(2, (f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n").encode())
+    if world_size() > 1:
+        MPI.COMM_WORLD.Abort(1)
 
 
 def abort_with_traceback(exc: BaseException) -> None:

@@ -61,6 +61,8 @@ class Config:
     synthetic_beta: float = 1.0
     seed: int = 0
     eval_every: int = 1
+    checkpoint_every: int = 1  # rounds between checkpoints in the result file (and the last round)
+    on_nonfinite: str = "stop"  # a client update with NaN/Inf: stop the run, or skip that client
     threads: int = 0  # 0: cores of this node divided by ranks on it
     device: str = "auto"
     out: str = ""  # empty: results/<method>_<dataset>_s<sparsity>_seed<seed>.h5
@@ -75,8 +77,9 @@ class Config:
         _check_choice("device", self.device, DEVICES)
         _check_choice("mask-distribution", self.mask_distribution, MASK_DISTRIBUTIONS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("on-nonfinite", self.on_nonfinite, ("stop", "skip"))
         for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
-                     "saliency_batches", "eval_every", "classes_per_client", "readjust_every",
+                     "saliency_batches", "eval_every", "classes_per_client", "readjust_every", "checkpoint_every",
                      "lr_period"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("threads", self.threads, minimum=0)
@@ -141,6 +144,11 @@ class Config:
             raise UsageError(f"{workers} worker ranks but only {self.clients} clients: use at most "
                              f"{self.clients + 1} ranks or more --clients")
 
+    def experiment_diff(self, other: "Config") -> list[str]:
+        """Keys that change what a run computes (resume refuses them); paths and resources may differ."""
+        return [f.name for f in dataclasses.fields(self) if f.name not in RUNTIME_KEYS
+                and getattr(self, f.name) != getattr(other, f.name)]
+
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -168,6 +176,9 @@ def _check_real(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UsageError(f"--{_flag(name)} must be a finite number, got {value!r}")
 
+
+# Where and how a run executes, not what it computes: a resumed run may change these.
+RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite", "checkpoint_every")
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 

@@ -18,7 +18,10 @@ import torch
 
 from . import codec
 from .methods import METHODS
-from .protocol import META_COLUMNS, RoundPlan, ServerBase, Setup, inject_fault, local_spec
+from .errors import Interrupted
+from .lifecycle import poisoned
+from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, inject_fault, local_spec,
+                       report_rss)
 from .seeding import torch_gen
 from .sparse import Mask, make_mask, n_keep, pack
 from .training import local_train
@@ -46,10 +49,19 @@ class _Traffic:
 
 
 class DynamicServer(ServerBase):
-    def __init__(self, s: Setup, mask: Mask):
-        super().__init__(s, mask)
-        self.global_flat = s.flat.flat.detach().cpu().clone()
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
+        super().__init__(s, mask, resume)
+        if resume:
+            if resume.vector.size != s.flat.numel:
+                raise RuntimeError(f"checkpoint vector of {resume.vector.size} values for a model of "
+                                   f"{s.flat.numel}")
+            self.global_flat = torch.from_numpy(resume.vector.astype(np.float32).copy())
+        else:
+            self.global_flat = s.flat.flat.detach().cpu().clone()
         self.k = n_keep(s.cfg.density, s.flat.n_prunable)
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.global_flat.numpy().copy(), self.mask.kept.cpu().numpy()
 
     def client_kept(self, cid: int) -> torch.Tensor:
         if self.method.shared_mask:
@@ -77,9 +89,11 @@ class DynamicServer(ServerBase):
     def _loop(self) -> None:
         cfg, comm = self.cfg, self.s.comm
         pending = None
-        for r in range(1, cfg.rounds + 1):
-            plan = RoundPlan(self.s, r)
+        for r in range(self.start, cfg.rounds + 1):
             inject_fault(comm.rank, r)
+            if self._stopping(pending):
+                raise Interrupted
+            plan = RoundPlan(self.s, r)
             t0 = time.perf_counter()
             msgs, masks = self._downlink(plan)
             lengths = np.array([m.size for m in msgs], dtype=np.int64)
@@ -103,6 +117,7 @@ class DynamicServer(ServerBase):
                            masks_bitmap=pending["masks_bitmap"] + down.bitmap,
                            masks_indices=pending["masks_indices"] + down.indices,
                            time_round=time.perf_counter() - t0)
+            self._checkpoint(pending)
         self._finish(pending)
 
     def _aggregate(self, r: int, plan: RoundPlan, masks: list[Mask], up: np.ndarray,
@@ -118,9 +133,13 @@ class DynamicServer(ServerBase):
         votes = np.zeros(n_prunable, dtype=np.int64)
         importance = np.zeros(n_prunable, dtype=np.float64)
         traffic = _Traffic()
+        skipped = 0
         for j, cid in enumerate(cids):
             msg = codec.decode(received[int(cid)], n_prunable=n_prunable)
             traffic.add(received[int(cid)])
+            if not self._finite_or_skip(r, int(cid), msg.values, msg.extra):
+                skipped += 1
+                continue
             m = masks[j] if msg.kept is None else make_mask(flat, msg.kept)
             idx = m.send_idx.cpu()
             if msg.values.numel() != idx.numel():
@@ -137,12 +156,12 @@ class DynamicServer(ServerBase):
         self.global_flat[has] = (weighted[has] / weight[has]).float()
         if self.method.readjusts(r, every=self.cfg.readjust_every) and self.method.shared_mask:
             kept = self.method.server_mask(votes=votes, weights=self.global_flat[flat.prunable_idx.cpu()].numpy(),
-                                           importance=importance / sizes.sum(), k=self.k)
+                                           importance=importance / max(sizes.sum(), 1), k=self.k)
             changes = int((torch.from_numpy(kept) != self.mask.kept.cpu()).sum())
             self.mask = make_mask(flat, torch.from_numpy(kept))
             self.global_flat.mul_(self.mask.multiplier.cpu())
         row.update(bytes_up=traffic.total, meta_bytes_up=traffic.meta, masks_bitmap=traffic.bitmap,
-                   masks_indices=traffic.indices, mask_changes=changes)
+                   masks_indices=traffic.indices, mask_changes=changes, clients_skipped=skipped)
         return row
 
     def _load_global(self) -> None:
@@ -150,14 +169,17 @@ class DynamicServer(ServerBase):
 
 
 class DynamicWorker:
-    def __init__(self, s: Setup, mask: Mask):
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.cfg = s, s.cfg
+        self.start = resume.round + 1 if resume else 1
         self.method = METHODS[s.cfg.method]
         self.spec = local_spec(s.cfg, s.dataset.augment)
 
     def run(self) -> None:
-        for r in range(1, self.cfg.rounds + 1):
+        for r in range(self.start, self.cfg.rounds + 1):
             inject_fault(self.s.comm.rank, r)
+            if self.s.comm.any_(self.s.stop.set):
+                raise Interrupted
             self._round(RoundPlan(self.s, r))
 
     def _receive(self, plan: RoundPlan) -> dict[int, codec.Message]:
@@ -198,12 +220,19 @@ class DynamicWorker:
                                                 batch_size=cfg.batch_size, gen=torch_gen(cfg.seed, "regrow", cid, r))
                 mask = make_mask(s.flat, new_kept)
             extra = grad_sq[s.flat.prunable_idx] if grad_sq is not None else None
-            out.append(codec.encode(pack(s.flat.flat, mask.send_idx), new_kept, extra))
+            values = pack(s.flat.flat, mask.send_idx)
+            if poisoned("nan", cid, r):
+                values[0] = float("nan")
+            out.append(codec.encode(values, new_kept, extra))
             meta[i, :4] = cid, len(y), loss, time.perf_counter() - t0
         lengths = np.array([m.size for m in out], dtype=np.int64)
         comm.gatherv(lengths, plan.per_rank)
         counts = np.zeros(comm.size, dtype=np.int64)
         counts[comm.rank] = lengths.sum()  # only the root's counts matter to Gatherv
-        comm.gatherv(np.concatenate(out) if out else np.empty(0, np.uint8), counts)
+        buf = np.concatenate(out) if out else np.empty(0, np.uint8)
+        if poisoned("count", comm.rank, r):
+            buf = buf[:-1]
+        comm.gatherv(buf, counts)
         meta[:, 4] = comm.reset_timer()
         comm.gatherv(meta.ravel(), plan.meta_counts)
+        report_rss(comm)

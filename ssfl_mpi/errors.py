@@ -3,6 +3,7 @@
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3  # SIGTERM/SIGUSR1: stopped at a round boundary, checkpoint written; --resume it
 
 
 class UsageError(Exception):
@@ -16,3 +17,11 @@ class UsageError(Exception):
     def __init__(self, message: str, *, collective: bool = False):
         super().__init__(message)
         self.collective = collective
+
+
+class RunError(Exception):
+    """A run that cannot go on for a reason one line explains (a client sent NaN): exit 1, no traceback."""
+
+
+class Interrupted(Exception):
+    """Every rank agreed to stop at a round boundary after SIGTERM or SIGUSR1."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,8 @@ import torch
 from . import comm as mpi
 from . import data, models
 from .config import Config
-from .errors import UsageError
+from .errors import Interrupted, RunError, UsageError
+from .lifecycle import StopFlag, inject_fault, peak_rss_mb  # noqa: F401 (inject_fault: for the loops)
 from .methods import METHODS, MaskContext
 from .partition import label_counts, partition, proportional_test_split
 from .results import ResultWriter, check_writable
@@ -24,7 +25,6 @@ from .training import LocalSpec, predict, split_accuracy
 
 log = logging.getLogger("ssfl_mpi")
 
-FAULT_ENV = "SSFL_MPI_TEST_FAULT"  # "RANK:ROUND": raise on that rank at that round (tests only)
 META_COLUMNS = 5  # per sampled client: id, n_k, train loss, compute seconds, worker comm seconds
 
 
@@ -45,13 +45,18 @@ class Setup:
     test_owner: np.ndarray | None  # the server's: client whose personal split holds each test sample
     model_name: str
     flat: FlatModel
+    stop: StopFlag = field(default_factory=StopFlag)
 
 
-def inject_fault(rank: int, r: int) -> None:
-    """Test-only: an exception on one rank mid-run, to check that the whole job ends."""
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{rank}:{r}":
-        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted run continues: after `round`; vector and kept on the server only."""
+
+    path: Path
+    round: int
+    vector: np.ndarray | None = None
+    kept: np.ndarray | None = None
+    row: dict | None = None  # that round's row before evaluation
 
 
 def home_ranks(n_clients: int, workers: int) -> np.ndarray:
@@ -79,13 +84,13 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def setup(cfg: Config, comm: mpi.Comm) -> Setup:
+def setup(cfg: Config, comm: mpi.Comm, *, resuming: bool = False) -> Setup:
     """Every rank runs the same setup; any bad input ends all ranks with the same message."""
     error, result = None, None
     try:
         cfg.check_world(comm.size)
         if comm.is_server:
-            check_writable(cfg.out_path(), overwrite=cfg.overwrite)
+            check_writable(cfg.out_path(), overwrite=cfg.overwrite or resuming)
         result = _setup(cfg, comm)
     except UsageError as exc:
         error = str(exc)
@@ -158,10 +163,12 @@ class ServerBase:
     Subclasses run the rounds in `_loop` and hand each finished round to `_finish`.
     """
 
-    def __init__(self, s: Setup, mask: Mask):
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.mask, self.cfg = s, mask, s.cfg
         self.method = METHODS[s.cfg.method]
         self.writer: ResultWriter | None = None
+        self.resume = resume
+        self.start = resume.round + 1 if resume else 1
 
     def _attrs(self) -> dict:
         cfg, s, mask = self.cfg, self.s, self.mask
@@ -179,21 +186,46 @@ class ServerBase:
         }
 
     def run(self) -> Path:
-        self.writer = ResultWriter(self.cfg.out_path(), overwrite=self.cfg.overwrite, attrs=self._attrs())
+        if self.resume:
+            self.writer = ResultWriter.reopen(self.resume.path, keep_rounds=self.resume.round - 1)
+        else:
+            self.writer = ResultWriter(self.cfg.out_path(), overwrite=self.cfg.overwrite, attrs=self._attrs())
         status = "failed"
         try:
             self.writer.write_partition(self.s.sizes, self.s.label_counts)
             self._write_mask()
+            if self.resume:  # the checkpointed round's row, which a kill may have cut off
+                self._finish(dict(self.resume.row))
             self._loop()
             self._write_mask()  # the final mask, for methods whose mask changes
             self.writer.write_model(self.s.flat.state())
             status = "complete"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             status = "interrupted"
             raise
         finally:
             self.writer.close(status)
         return self.writer.path
+
+    def _stopping(self, pending: dict | None) -> bool:
+        """Every rank agrees at each round boundary; on a stop the last round is finished first."""
+        if not self.s.comm.any_(self.s.stop.set):
+            return False
+        if pending is not None:
+            self._checkpoint(pending, force=True)
+            self._finish(pending)
+        return True
+
+    def _checkpoint(self, row: dict, *, force: bool = False) -> None:
+        """Commit the state after this round (when due), before the next round starts."""
+        r = row["round"]
+        if force or r % self.cfg.checkpoint_every == 0 or r == self.cfg.rounds:
+            vector, kept = self._state()
+            self.writer.write_checkpoint(row, vector=vector, kept=kept)
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vector, kept) that resume from the round being finished."""
+        raise NotImplementedError
 
     def _write_mask(self) -> None:
         if self.method.sparse:
@@ -254,6 +286,7 @@ class ServerBase:
 
     def _round_row(self, r: int, plan: RoundPlan, meta: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
         """Check the received client set; the row's common fields, the client-id order, sizes."""
+        rss = self.s.comm.gatherv(np.array([peak_rss_mb()]), np.ones(self.s.comm.size, dtype=np.int64))
         cids = meta[:, 0].astype(np.int64)
         if not np.array_equal(np.sort(cids), plan.clients):
             raise RuntimeError(f"round {r}: received updates of clients {sorted(cids)}, "
@@ -263,8 +296,27 @@ class ServerBase:
         ranks = self.s.home[cids]
         compute = max(meta[ranks == q, 3].sum() for q in np.unique(ranks))
         row = {"round": r, "train_loss": float(np.dot(sizes, meta[order, 2]) / sizes.sum()),
-               "time_compute": float(compute), "time_comm": float(meta[:, 4].max())}
+               "time_compute": float(compute), "time_comm": float(meta[:, 4].max()),
+               "peak_rss_server_mb": float(rss[0]), "peak_rss_workers_mb": float(rss[1:].max()),
+               "clients_skipped": 0}
         return row, order, sizes
+
+    def _finite_or_skip(self, r: int, cid: int, *arrays) -> bool:
+        """False if the client's update must be left out; stops the run unless told to skip."""
+        if all(a is None or bool(np.isfinite(np.asarray(a)).all()) for a in arrays):
+            return True
+        message = (f"round {r}: client {cid} (rank {self.s.home[cid]}) sent a non-finite update (NaN or "
+                   f"Inf); nothing of it reached the global model. Lower --lr or --grad-clip, or pass "
+                   f"--on-nonfinite skip to leave such updates out")
+        if self.cfg.on_nonfinite == "stop":
+            raise RunError(message)
+        log.warning("%s: skipped", message.split(";")[0])
+        return False
+
+
+def report_rss(comm: mpi.Comm) -> None:
+    """A worker's half of the per-round memory gather in `ServerBase._round_row`."""
+    comm.gatherv(np.array([peak_rss_mb()]), np.ones(comm.size, dtype=np.int64))
 
 
 def _fmt(value: float) -> str:

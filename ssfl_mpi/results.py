@@ -33,6 +33,9 @@ ROUND_FIELDS = {
     "masks_bitmap": np.int64,     # messages this round whose mask travelled as a bitmap
     "masks_indices": np.int64,    # messages this round whose mask travelled as int32 indices
     "mask_changes": np.int64,     # prunable weights that entered or left the shared mask this round
+    "clients_skipped": np.int64,  # updates left out for NaN/Inf (--on-nonfinite skip)
+    "peak_rss_server_mb": np.float64,   # peak resident memory of rank 0 so far, MiB
+    "peak_rss_workers_mb": np.float64,  # the largest peak resident memory of the worker ranks, MiB
     "time_compute": np.float64,   # seconds of local training, max over worker ranks
     "time_comm": np.float64,      # seconds inside round-protocol MPI calls (waits included), max over workers
     "time_round": np.float64,     # server wall seconds from the round's broadcast to its aggregate
@@ -62,16 +65,17 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
 
 
 class ResultWriter:
-    """Owned by rank 0. Every round is appended and flushed, so a killed run keeps its rounds."""
+    """Owned by rank 0. The file lives in memory and every commit replaces the file on disk
+    atomically (write a temporary file, fsync, rename): a run killed at any moment, even with
+    SIGKILL in the middle of a write, leaves the last committed file, complete and readable,
+    holding every round committed before the kill.
+    """
 
     def __init__(self, path: Path, *, overwrite: bool, attrs: dict):
         self.path = Path(path)
-        try:
-            # Default libver on purpose: "latest" marks the file open-for-write, and a writer
-            # killed by MPI_Abort then leaves a file that h5py refuses to open without h5clear.
-            self.f = h5py.File(self.path, "w" if overwrite else "w-")
-        except OSError as exc:
-            raise UsageError(f"cannot create result file {str(self.path)!r}: {exc}") from None
+        if self.path.exists() and not overwrite:
+            raise UsageError(f"result file {str(self.path)!r} exists: choose another --out or pass --overwrite")
+        self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         a = self.f.attrs
         a["schema"] = SCHEMA
         a["status"] = "running"
@@ -84,13 +88,54 @@ class ResultWriter:
         rounds = self.f.create_group("rounds")
         for name, dtype in ROUND_FIELDS.items():
             rounds.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
+        self.commit()
+
+    @classmethod
+    def reopen(cls, path: Path, *, keep_rounds: int) -> "ResultWriter":
+        """Continue a file: its rounds after `keep_rounds` (those past the checkpoint) are dropped."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
+        with h5py.File(self.path, "r", locking=False) as src:
+            for key, value in src.attrs.items():
+                self.f.attrs[key] = value
+            for name in src:
+                src.copy(src[name], self.f, name=name)
+        for name in self.f["rounds"]:
+            ds = self.f["rounds"][name]
+            ds.resize((min(keep_rounds, ds.shape[0]),))
+        self.f.attrs["status"] = "running"
+        self.f.attrs["resumed"] = int(self.f.attrs.get("resumed", 0)) + 1
+        if "model" in self.f:
+            del self.f["model"]
+        self.commit()
+        return self
+
+    def commit(self) -> None:
+        """Replace the file on disk with the in-memory one, atomically."""
         self.f.flush()
+        image = self.f.id.get_file_image()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(image)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise UsageError(f"cannot write result file {str(self.path)!r}: {exc.strerror}") from None
+
+    @property
+    def n_rounds(self) -> int:
+        return int(self.f["rounds"]["round"].shape[0])
 
     def set_attrs(self, **attrs) -> None:
         for key, value in attrs.items():
             self.f.attrs[key] = value
 
     def write_partition(self, sizes: np.ndarray, label_counts: np.ndarray) -> None:
+        if "partition" in self.f:
+            return
         g = self.f.create_group("partition")
         g.create_dataset("client_sizes", data=np.asarray(sizes, dtype=np.int64))
         g.create_dataset("label_counts", data=np.asarray(label_counts, dtype=np.int64))
@@ -107,6 +152,7 @@ class ResultWriter:
         g.create_dataset("layers", data=rows)
 
     def append_round(self, row: dict) -> None:
+        """One round's row, committed."""
         if set(row) != set(ROUND_FIELDS):
             raise ValueError(f"round row fields {sorted(row)} != schema {sorted(ROUND_FIELDS)}")
         rounds = self.f["rounds"]
@@ -115,7 +161,24 @@ class ResultWriter:
             ds = rounds[name]
             ds.resize((n + 1,))
             ds[n] = value
-        self.f.flush()
+        self.commit()
+
+    def write_checkpoint(self, row: dict, *, vector: np.ndarray, kept: np.ndarray) -> None:
+        """The state after round row["round"], committed as soon as the round is aggregated.
+
+        With it goes that round's row as far as it is known before evaluation, so that a resumed
+        run can evaluate the checkpointed model and write the row a kill may have cut off. No other
+        state is needed: every random stream derives from (seed, purpose, client, round), and
+        clients keep nothing between rounds.
+        """
+        if "checkpoint" in self.f:
+            del self.f["checkpoint"]
+        g = self.f.create_group("checkpoint")
+        g.attrs["round"] = int(row["round"])
+        g.attrs["row"] = json.dumps({k: _plain(v) for k, v in row.items()})
+        g.create_dataset("vector", data=np.asarray(vector, dtype=np.float32))
+        g.create_dataset("kept", data=np.asarray(kept, dtype=bool), compression="gzip", shuffle=True)
+        self.commit()
 
     def write_model(self, state: dict[str, np.ndarray]) -> None:
         g = self.f.require_group("model")
@@ -131,8 +194,32 @@ class ResultWriter:
             return
         self.f.attrs["status"] = status
         self.f.attrs["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.f.flush()
+        self.commit()
         self.f.close()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """config (dict), status, round, vector, kept of a result file to resume; one-line errors."""
+    path = str(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise UsageError(f"--resume: no such file {path!r}") from None
+    except OSError as exc:
+        raise UsageError(f"--resume: {path!r} is not a readable HDF5 file ({exc}); start a new run "
+                         f"with --out") from None
+    with f:
+        if f.attrs.get("schema") != SCHEMA or "config" not in f.attrs:
+            raise UsageError(f"--resume: {path!r} is not an ssfl-mpi result file (schema "
+                             f"{_plain(f.attrs.get('schema'))!r})")
+        status = _plain(f.attrs["status"])
+        if "checkpoint" not in f:
+                raise UsageError(f"--resume: {path!r} holds no checkpoint (stopped before its first round "
+                             f"ended): start it again with --overwrite")
+        g = f["checkpoint"]
+        return {"config": json.loads(_plain(f.attrs["config"])), "status": status,
+                "round": int(g.attrs["round"]), "row": json.loads(_plain(g.attrs["row"])),
+                "vector": g["vector"][()], "kept": g["kept"][()]}
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -148,7 +235,7 @@ def read(path: str | os.PathLike) -> dict:
         out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
                "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
         out["config"] = json.loads(out["attrs"]["config"])
-        for group in ("mask", "partition", "model"):
+        for group in ("mask", "partition", "model", "checkpoint"):
             if group in f:
                 out[group] = {k: f[group][k][()] for k in f[group]}
         return out

@@ -12,24 +12,38 @@ import numpy as np
 import torch
 
 from .aggregation import weighted_average
-from .protocol import META_COLUMNS, RoundPlan, ServerBase, Setup, inject_fault, local_spec
+from .errors import Interrupted
+from .lifecycle import poisoned
+from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, inject_fault, local_spec,
+                       report_rss)
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack
 from .training import local_train
 
 
 class StaticServer(ServerBase):
-    def __init__(self, s: Setup, mask: Mask):
-        super().__init__(s, mask)
-        self.global_np = pack(s.flat.flat, mask.send_idx).cpu().numpy()
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
+        super().__init__(s, mask, resume)
+        if resume:
+            if resume.vector.size != mask.payload:
+                raise RuntimeError(f"checkpoint vector of {resume.vector.size} values for a mask payload "
+                                   f"of {mask.payload}")
+            self.global_np = resume.vector.astype(np.float32).copy()
+        else:
+            self.global_np = pack(s.flat.flat, mask.send_idx).cpu().numpy()
         self.recv = np.empty(s.cfg.clients_per_round * mask.payload, dtype=np.float32)
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.global_np.copy(), self.mask.kept.cpu().numpy()
 
     def _loop(self) -> None:
         cfg, comm = self.cfg, self.s.comm
         pending = None
-        for r in range(1, cfg.rounds + 1):
-            plan = RoundPlan(self.s, r, self.mask.payload)
+        for r in range(self.start, cfg.rounds + 1):
             inject_fault(comm.rank, r)
+            if self._stopping(pending):
+                raise Interrupted
+            plan = RoundPlan(self.s, r, self.mask.payload)
             t0 = time.perf_counter()
             comm.bcast_(self.global_np)
             if pending is not None:  # evaluate round r-1's model while the workers train round r
@@ -38,15 +52,20 @@ class StaticServer(ServerBase):
             meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
             pending = self._aggregate(r, plan, updates, meta)
             pending["time_round"] = time.perf_counter() - t0
+            self._checkpoint(pending)
         self._finish(pending)
 
     def _aggregate(self, r: int, plan: RoundPlan, updates: np.ndarray, meta: np.ndarray) -> dict:
-        row, order, sizes = self._round_row(r, plan, meta)
+        row, order, _ = self._round_row(r, plan, meta)
         rows = torch.from_numpy(updates).view(len(order), self.mask.payload)
-        weighted_average([rows[i] for i in order], sizes, out=torch.from_numpy(self.global_np))
+        cids = meta[:, 0].astype(np.int64)
+        good = [i for i in order if self._finite_or_skip(r, int(cids[i]), rows[i])]
+        if good:  # with every update skipped, the global model stays as it was
+            weighted_average([rows[i] for i in good], meta[good, 1], out=torch.from_numpy(self.global_np))
         payload_bytes = self.mask.payload * self.global_np.itemsize * len(order)
         row.update(bytes_up=int(updates.nbytes), bytes_down=payload_bytes, meta_bytes_up=0,
-                   meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0)
+                   meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0,
+                   clients_skipped=len(order) - len(good))
         return row
 
     def _load_global(self) -> None:
@@ -54,8 +73,9 @@ class StaticServer(ServerBase):
 
 
 class StaticWorker:
-    def __init__(self, s: Setup, mask: Mask):
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.mask, self.cfg = s, mask, s.cfg
+        self.start = resume.round + 1 if resume else 1
         self.global_np = np.empty(mask.payload, dtype=np.float32)
         # Reused every round: at most min(M, own clients) updates go up from this rank.
         most = min(s.cfg.clients_per_round, len(s.clients))
@@ -65,8 +85,10 @@ class StaticWorker:
         self.multiplier = mask.multiplier if mask.n_kept < s.flat.n_prunable else None
 
     def run(self) -> None:
-        for r in range(1, self.cfg.rounds + 1):
+        for r in range(self.start, self.cfg.rounds + 1):
             inject_fault(self.s.comm.rank, r)
+            if self.s.comm.any_(self.s.stop.set):
+                raise Interrupted
             self._round(RoundPlan(self.s, r, self.mask.payload))
 
     def _round(self, plan: RoundPlan) -> None:
@@ -89,7 +111,12 @@ class StaticWorker:
                 pack(s.flat.flat, self.mask.send_idx, out=out)
             else:
                 out.copy_(pack(s.flat.flat, self.mask.send_idx))
+            if poisoned("nan", cid, plan.r):
+                out[0] = float("nan")
             meta[i, :4] = cid, len(y), loss, time.perf_counter() - t0
+        if poisoned("count", comm.rank, plan.r):
+            send = send[:-1]
         comm.gatherv(send, plan.model_counts)
         meta[:, 4] = comm.reset_timer()
         comm.gatherv(meta.ravel(), plan.meta_counts)
+        report_rss(comm)

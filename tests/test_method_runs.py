@@ -156,3 +156,23 @@ def test_table_lists_every_variant_with_mean_spread_and_mb(runs):
     mb = np.mean(ssfl["rounds"]["bytes_up"] + ssfl["rounds"]["bytes_down"]) / 1e6
     row = next(line for line in lines if line.startswith("| ssfl |"))
     assert row == f"| ssfl | {acc:.1f} ({mb:.3f} MB) [n=1] |"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_resumes_to_the_uninterrupted_run(runs, method, tmp_path):
+    """SIGTERM on a worker at round 3, then --resume: the same file as a run that was never stopped."""
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", "--method", method, *SMALL, "--out", str(path), env={"SSFL_MPI_TEST_FAULT": "term:2:3"})
+    assert proc.returncode == 3, proc.stderr
+    assert read(path)["rounds"]["round"].tolist() == [1, 2]
+    proc = launch(3, "run", "--resume", str(path))
+    assert proc.returncode == 0, proc.stderr
+    a, b = runs[method, 3], read(path)
+    for key in a["rounds"]:
+        if not key.startswith(("time_", "peak_rss")):
+            assert np.array_equal(a["rounds"][key], b["rounds"][key], equal_nan=True), key
+    for name in a["model"]:
+        assert np.array_equal(a["model"][name], b["model"][name]), name
+    if "mask" in a:
+        assert np.array_equal(a["mask"]["flat"], b["mask"]["flat"])
+    assert b["attrs"]["mask_digest"] == a["attrs"]["mask_digest"]

@@ -1,0 +1,67 @@
+"""A run's life outside the algorithm: stop signals, test-only fault injection, memory figures."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+FAULT_ENV = "SSFL_MPI_TEST_FAULT"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGUSR1 (Slurm's warning before the time limit); the ranks agree on it at
+    the next round boundary, so every rank stops after the same round."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def install(self) -> "StopFlag":
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def set(self) -> bool:
+        return self.signum != 0
+
+
+def _faults() -> list[list[str]]:
+    """SSFL_MPI_TEST_FAULT: comma-separated faults, each KIND:...; tests only.
+
+    RANK:ROUND           raise an exception on that rank at the start of that round
+    kill:RANK:ROUND      SIGKILL that rank at the start of that round
+    term:RANK:ROUND      SIGTERM that rank at the start of that round (a graceful stop)
+    nan:CLIENT:ROUND     that client's update carries a NaN
+    count:RANK:ROUND     that rank sends one value too few
+    """
+    spec = os.environ.get(FAULT_ENV, "")
+    return [item.split(":") for item in spec.split(",") if item]
+
+
+def inject_fault(rank: int, r: int) -> None:
+    for parts in _faults():
+        if parts == [str(rank), str(r)]:
+            raise RuntimeError(f"injected fault ({FAULT_ENV}={':'.join(parts)})")
+        if parts[1:] == [str(rank), str(r)] and parts[0] in ("kill", "term"):
+            os.kill(os.getpid(), signal.SIGKILL if parts[0] == "kill" else signal.SIGTERM)
+
+
+def poisoned(kind: str, who: int, r: int) -> bool:
+    """Whether fault `kind` (nan, count) is injected for client/rank `who` in round r."""
+    return [kind, str(who), str(r)] in _faults()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

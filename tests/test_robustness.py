@@ -1,0 +1,281 @@
+"""Runs that survive: bad input, faults, signals, hard kills and resume, each under a time bound."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from ssfl_mpi.results import read
+
+from .launch import launch, mpiexec
+
+SMALL = ["--clients", "8", "--clients-per-round", "4", "--local-epochs", "1", "--threads", "1"]
+ROUNDS = 6
+
+
+def _same_run(a, b):
+    """Every per-round metric except timings and memory, the mask and the final weights, bit for bit."""
+    for key in a["rounds"]:
+        if key.startswith("time_") or key.startswith("peak_rss"):
+            continue
+        assert np.array_equal(a["rounds"][key], b["rounds"][key], equal_nan=True), key
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert np.array_equal(a["model"][name], b["model"][name]), name
+    if "mask" in a:
+        assert np.array_equal(a["mask"]["flat"], b["mask"]["flat"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", str(ROUNDS), "--out", str(path))
+    assert proc.returncode == 0, proc.stderr
+    return read(path)
+
+
+@pytest.mark.parametrize("fault,rounds_left", [
+    ("kill:0:2", 1),   # SIGKILL the server early: round 1 is in the file
+    ("kill:2:5", 3),   # SIGKILL a worker late: the server may not have written round 4 yet
+    ("term:0:3", 2),   # SIGTERM the server: a graceful stop after round 2
+    ("term:1:5", 4),   # SIGTERM a worker: every rank stops after round 4
+])
+def test_killed_or_stopped_run_resumes_to_the_uninterrupted_result(reference, tmp_path, fault, rounds_left):
+    path = tmp_path / "r.h5"
+    t0 = time.monotonic()
+    proc = launch(3, "run", *SMALL, "--rounds", str(ROUNDS), "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": fault}, timeout=60)
+    assert time.monotonic() - t0 < 40
+    partial = read(path)  # opens, after SIGKILL too
+    done = partial["rounds"]["round"].tolist()
+    if fault.startswith("term"):
+        assert proc.returncode == 3, proc.stderr
+        assert partial["attrs"]["status"] == "interrupted"
+        assert done == list(range(1, rounds_left + 1))
+        assert "--resume" in proc.stdout
+    else:
+        assert proc.returncode != 0
+        assert partial["attrs"]["status"] == "running"  # never "complete"
+        assert done == list(range(1, len(done) + 1)) and len(done) <= rounds_left
+    # the checkpoint is committed when a round is aggregated, its row after evaluation: at most one
+    # round ahead of the rows; the rounds before the kill are all there, as rows or checkpoint
+    with h5py.File(path, "r") as f:
+        ckpt = int(f["checkpoint"].attrs["round"])
+    assert ckpt in (len(done), len(done) + 1) and ckpt >= rounds_left - (fault == "kill:2:5")
+    proc = launch(3, "run", "--resume", str(path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    resumed = read(path)
+    assert resumed["attrs"]["status"] == "complete" and resumed["attrs"]["resumed"] == 1
+    _same_run(reference, resumed)
+
+
+def test_sigkill_at_a_random_moment_leaves_a_readable_file_that_resumes(reference, tmp_path):
+    """An external kill -9 of one rank, wherever it lands (between or inside file writes)."""
+    path = tmp_path / "r.h5"
+    env = {**os.environ, "MPIEXEC_TIMEOUT": "60"}
+    cmd = [mpiexec(), "-n", "3", sys.executable, "-m", "ssfl_mpi", "run", *SMALL, "--rounds", str(ROUNDS),
+           "--out", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # kill once the run is in its rounds: the first progress line
+    for line in proc.stdout:
+        if line.startswith("round"):
+            break
+    time.sleep(np.random.default_rng().uniform(0, 0.3))
+    server = subprocess.run(["pgrep", "-f", "--", f"--out {path}"], capture_output=True, text=True).stdout.split()
+    ranks = [int(p) for p in server if int(p) != proc.pid]
+    assert ranks
+    try:  # one rank, any of them: mpiexec then ends the others
+        os.kill(int(np.random.default_rng().choice(ranks)), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    partial = read(path)
+    if partial["attrs"]["status"] == "complete":  # the kill came after the last commit
+        _same_run(reference, partial)
+        return
+    assert partial["attrs"]["status"] == "running"
+    proc = launch(3, "run", "--resume", str(path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    _same_run(reference, read(path))
+
+
+def test_resume_with_sparse_checkpoints_drops_the_rounds_after_the_checkpoint(reference, tmp_path):
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", str(ROUNDS), "--checkpoint-every", "3", "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": "kill:0:6"}, timeout=60)
+    assert proc.returncode != 0
+    partial = read(path)
+    assert partial["rounds"]["round"].tolist() == [1, 2, 3, 4]  # row 5 was still being evaluated
+    with h5py.File(path, "r") as f:
+        assert f["checkpoint"].attrs["round"] == 3  # row 4 is past it: dropped and recomputed
+    proc = launch(3, "run", "--resume", str(path), "--checkpoint-every", "3", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    _same_run(reference, read(path))
+
+
+def test_sigterm_to_mpiexec_reaches_the_ranks(tmp_path):
+    path = tmp_path / "r.h5"
+    cmd = [mpiexec(), "-n", "3", sys.executable, "-m", "ssfl_mpi", "run", *SMALL, "--rounds", "500",
+           "--out", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MPIEXEC_TIMEOUT": "90"})
+    for line in proc.stdout:
+        if line.startswith("round    3"):
+            break
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGUSR1)
+    rc = proc.wait(timeout=60)
+    assert time.monotonic() - t0 < 10
+    assert rc == 3
+    r = read(path)
+    assert r["attrs"]["status"] == "interrupted" and 3 <= len(r["rounds"]["round"]) < 500
+    assert r["checkpoint"]["vector"].size > 0
+
+
+@pytest.mark.parametrize("method", ["ssfl", "feddst"])
+def test_nan_update_stops_the_run_naming_client_and_round(tmp_path, method):
+    path = tmp_path / "r.h5"
+    t0 = time.monotonic()
+    # client 5 is sampled in round 2 (seed 0, 8 clients, 4 per round)
+    proc = launch(3, "run", *SMALL, "--method", method, "--rounds", "5", "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": "nan:5:2"}, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode == 1
+    assert "round 2: client 5 (rank 2) sent a non-finite update" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    r = read(path)
+    assert r["attrs"]["status"] == "failed" and r["rounds"]["round"].tolist() == [1]
+    assert np.isfinite(r["checkpoint"]["vector"]).all()
+    assert all(np.isfinite(v).all() for v in r["rounds"].values() if v.dtype.kind == "f" and v.size)
+
+
+def test_nan_update_can_be_skipped(tmp_path):
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", "4", "--on-nonfinite", "skip", "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": "nan:5:2"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "client 5 (rank 2) sent a non-finite update (NaN or Inf): skipped" in proc.stdout
+    r = read(path)
+    assert r["rounds"]["clients_skipped"].tolist() == [0, 1, 0, 0]
+    assert all(np.isfinite(v).all() for v in r["model"].values())
+
+
+@pytest.mark.parametrize("method", ["ssfl", "random-clientwise"])
+def test_a_wrong_count_is_an_error_never_a_misread(tmp_path, method):
+    proc = launch(3, "run", *SMALL, "--method", method, "--rounds", "4", "--out", str(tmp_path / "r.h5"),
+                  env={"SSFL_MPI_TEST_FAULT": "count:1:2"}, timeout=60)
+    assert proc.returncode == 1
+    assert "the round protocol expects" in proc.stderr and proc.stderr.count("Traceback") == 1
+
+
+def test_peak_memory_is_recorded_per_round(reference):
+    rss_s, rss_w = reference["rounds"]["peak_rss_server_mb"], reference["rounds"]["peak_rss_workers_mb"]
+    assert np.all(rss_s > 50) and np.all(rss_w > 50)
+    assert np.all(np.diff(rss_s) >= 0)  # a peak never falls
+
+
+def test_no_unsafe_loading_in_the_package():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "ssfl_mpi"
+    import re
+
+    text = "\n".join(p.read_text() for p in root.rglob("*.py"))
+    for pattern in (r"pickle\.loads?\(", r"allow_pickle\s*=\s*True", r"torch\.load\(", r"np\.load\(",
+                    r"(?<![.\w])eval\(", r"(?<![.\w])exec\("):
+        assert not re.search(pattern, text), pattern
+
+
+def _files(tmp_path):
+    """Inputs that need a file behind them."""
+    complete = tmp_path / "complete.h5"
+    assert launch(2, "run", *SMALL, "--rounds", "1", "--out", str(complete)).returncode == 0
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(complete.read_bytes()[:2000])
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    unknown_key = tmp_path / "unknown.toml"
+    unknown_key.write_text("lr = 0.1\nlearning_rate = 0.2\n")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("lr = [\n")
+    wrong_type = tmp_path / "type.toml"
+    wrong_type.write_text('lr = "fast"\n')
+    a_file = tmp_path / "plainfile"
+    a_file.write_text("x")
+    empty_root = tmp_path / "emptyroot"
+    empty_root.mkdir()
+    return {"complete": complete, "truncated": truncated, "foreign": foreign, "unknown_key": unknown_key,
+            "bad_toml": bad_toml, "wrong_type": wrong_type, "a_file": a_file, "empty_root": empty_root}
+
+
+BAD_INPUTS = [  # (id, argv with {file} placeholders, words of the one-line message)
+    ("sparsity-1", ["run", "--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+    ("sparsity-negative", ["run", "--sparsity", "-0.5"], "sparsity must be in [0, 1)"),
+    ("more-per-round", ["run", "--clients", "4", "--clients-per-round", "5"], "must not exceed"),
+    ("alpha-0", ["run", "--alpha", "0"], "alpha must be > 0"),
+    ("unknown-method", ["run", "--method", "nope"], "invalid choice"),
+    ("not-a-number", ["run", "--lr", "fast"], "invalid float value"),
+    ("rounds-0", ["run", "--rounds", "0"], "rounds must be >= 1"),
+    ("lr-decay", ["run", "--lr-decay", "2"], "lr-decay must be in (0, 1]"),
+    ("checkpoint-every-0", ["run", "--checkpoint-every", "0"], "checkpoint-every must be >= 1"),
+    ("unknown-mask-distribution", ["run", "--mask-distribution", "gaussian"], "invalid choice"),
+    ("too-few-clients", ["run", "--clients", "1", "--clients-per-round", "1"], "worker ranks but only 1 clients"),
+    ("missing-config", ["run", "--config", "/nonexistent/c.toml"], "cannot read config file"),
+    ("config-unknown-key", ["run", "--config", "{unknown_key}"], "unknown key 'learning_rate'"),
+    ("config-not-toml", ["run", "--config", "{bad_toml}"], "is not valid TOML"),
+    ("config-wrong-type", ["run", "--config", "{wrong_type}"], "lr must be a finite number"),
+    ("unknown-preset", ["run", "--preset", "nope"], "unknown preset 'nope'"),
+    ("no-data-root", ["run", "--dataset", "cifar10", "--data-root", "/nonexistent/data"], "does not exist"),
+    ("root-without-data", ["run", "--dataset", "mnist", "--data-root", "{empty_root}"], "mnist not found"),
+    ("out-under-a-file", ["run", "--out", "{a_file}/r.h5"], "cannot create directory"),
+    ("out-exists", ["run", "--out", "{complete}"], "exists: choose another --out or pass --overwrite"),
+    ("resume-missing", ["run", "--resume", "/nonexistent/r.h5"], "no such file"),
+    ("resume-truncated", ["run", "--resume", "{truncated}"], "is not a readable HDF5 file"),
+    ("resume-foreign", ["run", "--resume", "{foreign}"], "is not an ssfl-mpi result file"),
+    ("resume-complete", ["run", "--resume", "{complete}"], "already complete"),
+    ("table-foreign", ["table", "{foreign}"], "is not an ssfl-mpi result file"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    return _files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("argv,message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_ends_every_rank_within_10_s_with_one_line_and_exit_2(argv, message, bad_files, tmp_path):
+    argv = [a.format(**bad_files) for a in argv]
+    out = tmp_path / "r.h5"
+    extra = ["--out", str(out)] if argv[0] == "run" and "--out" not in argv and "--resume" not in argv else []
+    before = {p: p.read_bytes() for p in bad_files.values() if p.is_file()}
+    t0 = time.monotonic()
+    proc = launch(3, *argv, *extra, timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 3, proc.stderr  # one line per rank, no traceback
+    assert all(ln.startswith("ssfl-mpi: error: ") and message in ln for ln in lines), lines
+    assert not out.exists()
+    assert all(p.read_bytes() == data for p, data in before.items())  # nothing touched
+
+
+def test_resume_refuses_other_settings_naming_the_keys(bad_files, tmp_path):
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", "4", "--out", str(path), env={"SSFL_MPI_TEST_FAULT": "term:0:3"})
+    assert proc.returncode == 3
+    before = path.read_bytes()
+    proc = launch(3, "run", "--resume", str(path), "--lr", "0.05", "--sparsity", "0.8", timeout=30)
+    assert proc.returncode == 2
+    line = proc.stderr.splitlines()[0]
+    assert "lr (0.1 in the file, 0.05 now)" in line and "sparsity (0.5 in the file, 0.8 now)" in line
+    assert path.read_bytes() == before
+    # paths, threads and the checkpoint interval may change; repeating the same settings is fine
+    proc = launch(3, "run", "--resume", str(path), *SMALL, "--threads", "1", "--checkpoint-every", "2", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert read(path)["attrs"]["status"] == "complete"
