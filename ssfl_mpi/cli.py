@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     comm.add_argument("--spin", action="store_true",
                       help="blocking MPI waits instead of polling (better when ranks <= cores)")
     comm.set_defaults(func=cmd_bench_comm)
+    soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
+    soak.add_argument("--rounds", type=int, default=300)
+    soak.add_argument("--early", type=int, default=30, help="the round compared with the last")
+    soak.add_argument("--method", choices=METHODS, default="ssfl")
+    soak.add_argument("--out", default="results/soak.h5")
+    soak.add_argument("--overwrite", action="store_true")
+    soak.set_defaults(func=cmd_bench_soak)
     return parser
 
 
@@ -198,6 +205,17 @@ def cmd_bench_comm(args: argparse.Namespace) -> int:
     comm_benchmark(mpi.Comm(spin=args.spin), params=args.params, densities=args.density or [0.5, 0.1],
                    clients_per_worker=args.clients_per_worker, repeat=args.repeat,
                    warmup=args.warmup, out=args.out, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .soak import soak
+
+    if not 1 <= args.early < args.rounds:
+        raise UsageError(f"--early must be in [1, --rounds), got {args.early}", collective=True)
+    soak(mpi.Comm(), rounds=args.rounds, early=args.early, out=args.out, overwrite=args.overwrite,
+         method=args.method)
     return EXIT_OK
 
 

@@ -279,3 +279,15 @@ def test_resume_refuses_other_settings_naming_the_keys(bad_files, tmp_path):
     proc = launch(3, "run", "--resume", str(path), *SMALL, "--threads", "1", "--checkpoint-every", "2", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert read(path)["attrs"]["status"] == "complete"
+
+
+def test_bench_soak_reports_memory_and_time_early_and_late(tmp_path):
+    out = tmp_path / "soak.h5"
+    proc = launch(3, "bench", "soak", "--rounds", "12", "--early", "4", "--out", str(out), timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "peak RSS server   round 4:" in proc.stdout and "round 12:" in proc.stdout
+    assert "time per round (median of 10)" in proc.stdout
+    r = read(out)
+    assert r["attrs"]["status"] == "complete" and len(r["rounds"]["round"]) == 12
+    bad = launch(3, "bench", "soak", "--rounds", "12", "--early", "12", "--out", str(out), timeout=30)
+    assert bad.returncode == 2 and "--early must be in" in bad.stderr
