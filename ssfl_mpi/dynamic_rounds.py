@@ -86,39 +86,28 @@ class DynamicServer(ServerBase):
             msgs.append(codec.encode(pack(self.global_flat, m.send_idx.cpu()), m.kept))
         return msgs, masks
 
-    def _loop(self) -> None:
-        cfg, comm = self.cfg, self.s.comm
-        pending = None
-        for r in range(self.start, cfg.rounds + 1):
-            inject_fault(comm.rank, r)
-            if self._stopping(pending):
-                raise Interrupted
-            plan = RoundPlan(self.s, r)
-            t0 = time.perf_counter()
-            msgs, masks = self._downlink(plan)
-            lengths = np.array([m.size for m in msgs], dtype=np.int64)
-            comm.bcast_(lengths)
-            if self.method.shared_mask:
-                comm.bcast_(msgs[0])
-            else:
-                by_rank = np.argsort(self.s.home[plan.clients], kind="stable")  # Scatterv order
-                comm.scatterv(np.concatenate([msgs[i] for i in by_rank]),
-                              _rank_sums(lengths[by_rank], plan.per_rank))
-            down = _Traffic()
-            for m in msgs:
-                down.add(m)
-            if pending is not None:  # evaluate round r-1's model while the workers train round r
-                self._finish(pending)
-            up_len = comm.gatherv(np.empty(0, np.int64), plan.per_rank)
-            up = comm.gatherv(np.empty(0, np.uint8), _rank_sums(up_len, plan.per_rank))
-            meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
-            pending = self._aggregate(r, plan, masks, up, up_len, meta)
-            pending.update(bytes_down=down.total, meta_bytes_down=down.meta,
-                           masks_bitmap=pending["masks_bitmap"] + down.bitmap,
-                           masks_indices=pending["masks_indices"] + down.indices,
-                           time_round=time.perf_counter() - t0)
-            self._checkpoint(pending)
-        self._finish(pending)
+    def _round(self, r: int) -> dict:
+        comm = self.s.comm
+        plan = RoundPlan(self.s, r)
+        msgs, masks = self._downlink(plan)
+        lengths = np.array([m.size for m in msgs], dtype=np.int64)
+        comm.bcast_(lengths)
+        if self.method.shared_mask:
+            comm.bcast_(msgs[0])
+        else:
+            by_rank = np.argsort(self.s.home[plan.clients], kind="stable")  # Scatterv order
+            comm.scatterv(np.concatenate([msgs[i] for i in by_rank]), _rank_sums(lengths[by_rank], plan.per_rank))
+        down = _Traffic()
+        for m in msgs:
+            down.add(m)
+        self._finish_previous()
+        up_len = comm.gatherv(np.empty(0, np.int64), plan.per_rank)
+        up = comm.gatherv(np.empty(0, np.uint8), _rank_sums(up_len, plan.per_rank))
+        meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
+        row = self._aggregate(r, plan, masks, up, up_len, meta)
+        row.update(bytes_down=down.total, meta_bytes_down=down.meta, masks_bitmap=row["masks_bitmap"] + down.bitmap,
+                   masks_indices=row["masks_indices"] + down.indices)
+        return row
 
     def _aggregate(self, r: int, plan: RoundPlan, masks: list[Mask], up: np.ndarray,
                    up_len: np.ndarray, meta: np.ndarray) -> dict:

@@ -169,6 +169,7 @@ class ServerBase:
         self.writer: ResultWriter | None = None
         self.resume = resume
         self.start = resume.round + 1 if resume else 1
+        self.pending: dict | None = None  # the last aggregated round, not yet evaluated and written
 
     def _attrs(self) -> dict:
         cfg, s, mask = self.cfg, self.s, self.mask
@@ -207,13 +208,37 @@ class ServerBase:
             self.writer.close(status)
         return self.writer.path
 
-    def _stopping(self, pending: dict | None) -> bool:
+    def _loop(self) -> None:
+        """Round r: the subclass's `_round` sends the global model down, finishes round r-1 (its
+        evaluation overlaps the workers' training), gathers and aggregates; then the state
+        after round r is checkpointed (if due) before anything else can happen."""
+        self.pending = None
+        for r in range(self.start, self.cfg.rounds + 1):
+            inject_fault(self.s.comm.rank, r)
+            if self._stopping():
+                raise Interrupted
+            t0 = time.perf_counter()
+            row = self._round(r)
+            row["time_round"] = time.perf_counter() - t0
+            self._checkpoint(row)
+            self.pending = row
+        self._finish_previous()
+
+    def _round(self, r: int) -> dict:
+        raise NotImplementedError
+
+    def _finish_previous(self) -> None:
+        if self.pending is not None:
+            self._finish(self.pending)
+            self.pending = None
+
+    def _stopping(self) -> bool:
         """Every rank agrees at each round boundary; on a stop the last round is finished first."""
         if not self.s.comm.any_(self.s.stop.set):
             return False
-        if pending is not None:
-            self._checkpoint(pending, force=True)
-            self._finish(pending)
+        if self.pending is not None:
+            self._checkpoint(self.pending, force=True)
+            self._finish_previous()
         return True
 
     def _checkpoint(self, row: dict, *, force: bool = False) -> None:
@@ -232,9 +257,6 @@ class ServerBase:
             self.writer.write_mask(self.mask.kept.cpu().numpy(), self.mask.layer_density(self.s.flat))
             self.writer.set_attrs(density=self.mask.density, n_kept=self.mask.n_kept,
                                   mask_digest=self.mask.digest())
-
-    def _loop(self) -> None:
-        raise NotImplementedError
 
     def _load_global(self) -> None:
         """Put the global model of the round being finished into s.flat."""

@@ -36,24 +36,14 @@ class StaticServer(ServerBase):
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
         return self.global_np.copy(), self.mask.kept.cpu().numpy()
 
-    def _loop(self) -> None:
-        cfg, comm = self.cfg, self.s.comm
-        pending = None
-        for r in range(self.start, cfg.rounds + 1):
-            inject_fault(comm.rank, r)
-            if self._stopping(pending):
-                raise Interrupted
-            plan = RoundPlan(self.s, r, self.mask.payload)
-            t0 = time.perf_counter()
-            comm.bcast_(self.global_np)
-            if pending is not None:  # evaluate round r-1's model while the workers train round r
-                self._finish(pending)
-            updates = comm.gatherv(np.empty(0, np.float32), plan.model_counts, self.recv)
-            meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
-            pending = self._aggregate(r, plan, updates, meta)
-            pending["time_round"] = time.perf_counter() - t0
-            self._checkpoint(pending)
-        self._finish(pending)
+    def _round(self, r: int) -> dict:
+        comm = self.s.comm
+        plan = RoundPlan(self.s, r, self.mask.payload)
+        comm.bcast_(self.global_np)
+        self._finish_previous()
+        updates = comm.gatherv(np.empty(0, np.float32), plan.model_counts, self.recv)
+        meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
+        return self._aggregate(r, plan, updates, meta)
 
     def _aggregate(self, r: int, plan: RoundPlan, updates: np.ndarray, meta: np.ndarray) -> dict:
         row, order, _ = self._round_row(r, plan, meta)
