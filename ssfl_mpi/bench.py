@@ -1,4 +1,5 @@
-"""`bench comm`: one round's model traffic (pack, Gatherv, aggregate, Bcast, unpack) per transport."""
+"""`bench comm`: one round's model traffic (pack, Gatherv, aggregate, Bcast, unpack) per transport and
+model size, in the style of the OSU micro-benchmarks; `bench scaling`: whole rounds as ranks grow."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import codec
 from . import comm as mpi
 from .aggregation import weighted_average
 from .results import write_bench
@@ -16,7 +18,9 @@ from .sparse import pack, unpack
 
 log = logging.getLogger("ssfl_mpi")
 
-TRANSPORTS = ("packed", "dense", "coo", "pickle")
+TRANSPORTS = ("packed", "dense", "coo", "bitmap", "pickle", "allreduce")
+# Model sizes of the default sweep: the digits CNN, ResNet-18 (CIFAR-10), ResNet-50 (ImageNet head).
+MODEL_SIZES = {"cnn-digits": 53_002, "resnet18": 11_173_962, "resnet50": 25_557_032}
 N_TENSORS = 62  # ResNet-18 has 62 parameter tensors: the pickled baseline sends that many
 
 
@@ -128,6 +132,42 @@ def round_coo(comm: mpi.Comm, c: Case) -> tuple[int, int]:
     return int(counts.sum()) * 4, len(c.sizes) * 2 * n * 4
 
 
+def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]:
+    """Values plus a bitmap of the mask, up and down: the wire format of changing masks (`codec`)."""
+    if comm.is_server:
+        lengths = comm.gatherv(np.empty(0, np.int64), np.array([0] + [c.per_worker] * comm.workers))
+        per_rank = np.concatenate([[0], lengths.reshape(comm.workers, c.per_worker).sum(axis=1)])
+        up = comm.gatherv(np.empty(0, np.uint8), per_rank)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        total_w = c.sizes.sum()
+        dense = torch.zeros(c.params, dtype=torch.float64)
+        for i, n_k in enumerate(c.sizes):
+            msg = codec.decode(up[offsets[i]: offsets[i + 1]], n_prunable=c.params)
+            idx = torch.nonzero(msg.kept).flatten()
+            dense.index_add_(0, idx, msg.values.double(), alpha=float(n_k / total_w))
+        down = codec.encode(dense[kept].float(), kept)
+        comm.bcast_(np.array([down.size], dtype=np.int64))
+        comm.bcast_(down)
+        return int(lengths.sum()), down.size * len(c.sizes)
+    msgs = [codec.encode(vec[kept], kept) for vec in c.clients]
+    lengths = np.array([m.size for m in msgs], dtype=np.int64)
+    comm.gatherv(lengths, np.array([0] + [c.per_worker] * comm.workers))
+    counts = np.zeros(comm.size, dtype=np.int64)
+    counts[comm.rank] = lengths.sum()
+    comm.gatherv(np.concatenate(msgs), counts)
+    n = comm.bcast_(np.zeros(1, dtype=np.int64))
+    msg = codec.decode(comm.bcast_(np.empty(int(n[0]), dtype=np.uint8)), n_prunable=c.params)
+    c.flat.zero_().index_copy_(0, torch.nonzero(msg.kept).flatten(), msg.values)
+    return 0, 0
+
+
+def round_allreduce(comm: mpi.Comm, c: Case) -> tuple[int, int]:
+    """SSFL's one-time saliency aggregation: an int64 Allreduce(SUM) over every prunable weight."""
+    buf = _buffer(c, "scores", 2 * c.params).view(np.int64)  # 8 bytes per weight
+    comm.allreduce_sum_(buf)
+    return len(c.sizes) * c.params * 8, len(c.sizes) * c.params * 8
+
+
 def round_pickle(comm: mpi.Comm, c: Case) -> tuple[int, int]:
     """The anti-pattern: pickled dense state_dicts gathered and broadcast as objects."""
     gathered = comm.gather_object([_state_dict(v) for v in c.clients])
@@ -154,36 +194,90 @@ def _time(comm: mpi.Comm, fn, *, repeat: int, warmup: int) -> tuple[np.ndarray, 
     return np.array(samples), nbytes
 
 
-def comm_benchmark(comm: mpi.Comm, *, params: int, densities: list[float], clients_per_worker: int,
+def comm_benchmark(comm: mpi.Comm, *, params: list[int], densities: list[float], clients_per_worker: int,
                    repeat: int, warmup: int, out: str, overwrite: bool) -> list[dict]:
     rows, all_samples = [], []
     if comm.size < 2:
         from .errors import UsageError
         raise UsageError("bench comm needs at least 2 ranks: mpirun -n 3 python -m ssfl_mpi bench comm")
-    cases = [("dense", 1.0), ("pickle", 1.0)] + [(t, d) for d in densities for t in ("packed", "coo")]
-    for transport, density in cases:
-        c = _make_case(comm, params=params, density=density, clients_per_worker=clients_per_worker)
-        fn = {"packed": lambda: round_packed(comm, c, c.send_idx),
-              "dense": lambda: round_packed(comm, c, torch.arange(params)),
-              "coo": lambda: round_coo(comm, c),
-              "pickle": lambda: round_pickle(comm, c)}[transport]
-        samples, (up, down) = _time(comm, fn, repeat=repeat, warmup=warmup)
-        row = {"transport": transport, "density": density, "params": params,
-               "clients": len(c.sizes), "bytes_up": up, "bytes_down": down,
-               "median_s": float(np.median(samples)), "min_s": float(samples.min()),
-               "max_s": float(samples.max())}
-        rows.append(row)
-        all_samples.append(samples)
+    for size in params:
+        cases = [("dense", 1.0), ("pickle", 1.0), ("allreduce", 1.0)] + [
+            (t, d) for d in densities for t in ("packed", "bitmap", "coo")]
+        for transport, density in cases:
+            c = _make_case(comm, params=size, density=density, clients_per_worker=clients_per_worker)
+            kept = torch.zeros(size, dtype=torch.bool)
+            kept[c.send_idx] = True
+            fn = {"packed": lambda: round_packed(comm, c, c.send_idx),
+                  "dense": lambda: round_packed(comm, c, torch.arange(size)),
+                  "coo": lambda: round_coo(comm, c),
+                  "bitmap": lambda: round_bitmap(comm, c, kept),
+                  "allreduce": lambda: round_allreduce(comm, c),
+                  "pickle": lambda: round_pickle(comm, c)}[transport]
+            samples, (up, down) = _time(comm, fn, repeat=repeat, warmup=warmup)
+            median = float(np.median(samples))
+            row = {"transport": transport, "density": density, "params": size,
+                   "clients": len(c.sizes), "bytes_up": up, "bytes_down": down,
+                   "median_s": median, "min_s": float(samples.min()), "max_s": float(samples.max()),
+                   "mb_per_s": (up + down) / median / 1e6}
+            rows.append(row)
+            all_samples.append(samples)
     if comm.is_server:
-        dense = next(r["median_s"] for r in rows if r["transport"] == "dense")
-        log.info("%-8s %8s %12s %12s %10s %10s %10s %9s", "transport", "density", "MB up", "MB down",
-                 "median s", "min s", "max s", "vs dense")
+        log.info("%-9s %10s %8s %11s %11s %10s %10s %10s %9s %9s", "transport", "params", "density", "MB up",
+                 "MB down", "median s", "min s", "max s", "MB/s", "vs dense")
         for r in rows:
-            log.info("%-8s %8.3f %12.2f %12.2f %10.4f %10.4f %10.4f %9.3f", r["transport"], r["density"],
-                     r["bytes_up"] / 1e6, r["bytes_down"] / 1e6, r["median_s"], r["min_s"], r["max_s"],
-                     r["median_s"] / dense)
+            dense = next(x["median_s"] for x in rows if x["transport"] == "dense" and x["params"] == r["params"])
+            log.info("%-9s %10d %8.3f %11.2f %11.2f %10.4f %10.4f %10.4f %9.0f %9.3f", r["transport"], r["params"],
+                     r["density"], r["bytes_up"] / 1e6, r["bytes_down"] / 1e6, r["median_s"], r["min_s"],
+                     r["max_s"], r["mb_per_s"], r["median_s"] / dense)
         write_bench(out, rows, all_samples, overwrite=overwrite,
                     attrs={"kind": "comm", "world_size": comm.size, "repeat": repeat, "warmup": warmup,
                            "mpi_library": mpi.library_version()})
         log.info("wrote %s", out)
     return rows
+
+
+def scaling_benchmark(comm: mpi.Comm, *, sizes: list[int], cfg_values: dict, out: str,
+                      overwrite: bool) -> list[dict]:
+    """The same job (fixed K, M, rounds) on the first n ranks of this launch, for each n in sizes."""
+    from pathlib import Path
+
+    from .config import make_config
+    from .errors import UsageError
+    from .results import read
+    from .runtime import run
+
+    if max(sizes) > comm.size or min(sizes) < 2:
+        raise UsageError(f"bench scaling: --sizes must be in [2, {comm.size}] (ranks of this launch)",
+                         collective=True)
+    folder = Path(out).with_suffix("")
+    rows = []
+    for n in sizes:
+        sub = comm.prefix(n)
+        if sub is not None:
+            path = folder / f"ranks{n}.h5"
+            run(make_config(dict(cfg_values), {"out": str(path), "overwrite": True}), sub)
+            if sub.is_server:
+                r = read(path)["rounds"]
+                rows.append({"ranks": n, "workers": n - 1, "median_round_s": float(np.median(r["time_round"][1:])),
+                             "median_compute_s": float(np.median(r["time_compute"][1:])),
+                             "median_comm_s": float(np.median(r["time_comm"][1:])),
+                             "mb_per_round": float(np.mean(r["bytes_up"] + r["bytes_down"]) / 1e6)})
+            sub.free()
+        comm.barrier()
+    if comm.is_server:
+        base = rows[0]["median_round_s"]
+        log.info("%6s %8s %14s %12s %10s %8s", "ranks", "workers", "round s (med)", "compute s", "comm s", "speedup")
+        for r in rows:
+            r["speedup"] = base / r["median_round_s"]
+            log.info("%6d %8d %14.4f %12.4f %10.4f %8.2f", r["ranks"], r["workers"], r["median_round_s"],
+                     r["median_compute_s"], r["median_comm_s"], r["speedup"])
+        write_bench(out, rows, [np.zeros(1) for _ in rows], overwrite=overwrite,
+                    attrs={"kind": "scaling", "world_size": comm.size, "config": json_dumps(cfg_values),
+                           "mpi_library": mpi.library_version()})
+        log.info("wrote %s", out)
+    return rows
+
+
+def json_dumps(values: dict) -> str:
+    import json
+    return json.dumps(values, sort_keys=True)

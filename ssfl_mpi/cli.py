@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
+from pathlib import Path
 import sys
 
 from .config import (DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, METHODS, MODELS, PARTITIONS,
                      SALIENCY_WEIGHTINGS, load_toml, make_config)
 from .presets import list_presets, load_preset
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, RunError,
-                     UsageError)
+                     UsageError, same_on_every_rank)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one federated run, results to HDF5")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
+    sweep = sub.add_parser("sweep", help="run a grid of runs inside this one mpirun")
+    sweep.add_argument("grid", metavar="GRID.toml", help="a grid file, or a shipped grid's name "
+                       "(digits-compare, paper-cifar10-sparsity)")
+    sweep.add_argument("--list", action="store_true", help="print the cells with index and status")
+    sweep.add_argument("--cell", type=int, help="run only this cell (e.g. $SLURM_ARRAY_TASK_ID)")
+    sweep.set_defaults(func=cmd_sweep)
+    rep = sub.add_parser("report", help="summary.md, summary.csv and plots from result (and bench) files")
+    rep.add_argument("files", nargs="+", metavar="FILE.h5")
+    rep.add_argument("--out", default="results/report", help="folder for summary.md, summary.csv, *.png")
+    rep.add_argument("--target", type=float, default=0.9, help="accuracy for 'MB to target' (fraction)")
+    rep.add_argument("--network", action="append", default=[], metavar="PROFILE",
+                     help="project comm time per round: hpc, lan, wan, edge, or NAME:LATENCY_MS:MBIT "
+                          "(repeatable)")
+    rep.add_argument("--no-plots", action="store_true")
+    rep.set_defaults(func=cmd_report)
     table = sub.add_parser("table", help="comparison table (markdown) of result files")
     table.add_argument("files", nargs="+", metavar="FILE.h5")
     table.add_argument("--metric", choices=("acc", "personal"), default="acc",
@@ -99,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
     comm = bench_sub.add_parser("comm", help="time one round's model traffic per transport")
-    comm.add_argument("--params", type=int, default=11_173_962,
-                      help="model size in float32 values (default: ResNet-18, CIFAR-10)")
+    comm.add_argument("--params", type=int, action="append",
+                      help="model size in float32 values (repeatable; default: the digits CNN 53,002, "
+                           "ResNet-18 11,173,962 and ResNet-50 25,557,032)")
     comm.add_argument("--density", type=float, action="append",
                       help="fraction of values kept (repeatable; default 0.5 and 0.1)")
     comm.add_argument("--clients-per-worker", type=int, default=1)
@@ -111,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     comm.add_argument("--spin", action="store_true",
                       help="blocking MPI waits instead of polling (better when ranks <= cores)")
     comm.set_defaults(func=cmd_bench_comm)
+    scaling = bench_sub.add_parser("scaling", help="the same job on 2, 3, ... ranks of this launch: time per round")
+    scaling.add_argument("--sizes", help="comma-separated rank counts (default: 2 up to this launch's size)")
+    scaling.add_argument("--preset", help="run settings to start from (default: the digits default)")
+    scaling.add_argument("--method", choices=METHODS, default="ssfl")
+    scaling.add_argument("--clients", type=int, default=20)
+    scaling.add_argument("--clients-per-round", type=int, default=10)
+    scaling.add_argument("--rounds", type=int, default=6, help="rounds per size; the first is not timed")
+    scaling.add_argument("--local-epochs", type=int, default=2)
+    scaling.add_argument("--out", default="results/bench_scaling.h5")
+    scaling.add_argument("--overwrite", action="store_true")
+    scaling.set_defaults(func=cmd_bench_scaling)
     soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
     soak.add_argument("--rounds", type=int, default=300)
     soak.add_argument("--early", type=int, default=30, help="the round compared with the last")
@@ -123,64 +150,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import comm as mpi
+    from .resume import resume_point
     from .runtime import run
 
     options = {k: v for k, v in vars(args).items()
                if k not in ("command", "func", "config", "preset", "resume")}
-    with _same_on_every_rank():
+    with same_on_every_rank():
         base = load_preset(args.preset) if args.preset else {}
         base.update(load_toml(args.config) if args.config else {})
         cfg = make_config(base, options) if not args.resume else None
     world = mpi.Comm()
     resume = None
     if args.resume:
-        cfg, resume = _resume(world, args.resume, base, options)
+        cfg, resume = resume_point(world, args.resume, base, options)
     path = run(cfg, world, resume)
     if path is not None:
         logging.getLogger("ssfl_mpi").info("wrote %s", path)
     return EXIT_OK
 
 
-def _resume(world, path: str, base: dict, options: dict):
-    """The file's config (flags may change only where and how it runs) and its checkpoint."""
-    from pathlib import Path
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .sweep import listing, load_grid, run_sweep
 
-    from .config import Config
-    from .results import read_checkpoint
-    from .runtime import ResumePoint
+    with same_on_every_rank():
+        cells = load_grid(args.grid, validate=not args.list)
+    if args.list:
+        if mpi.world_rank() == 0:
+            print(listing(cells))
+        return EXIT_OK
+    run_sweep(mpi.Comm(), cells, only=args.cell)
+    return EXIT_OK
 
-    error, ck = None, None
-    if world.is_server:
-        try:
-            ck = read_checkpoint(path)
-            if ck["status"] == "complete":
-                raise UsageError(f"--resume: {path!r} is already complete; nothing to resume")
-        except UsageError as exc:
-            error = str(exc)
-    world.agree(error)
-    saved_values, round_ = world.bcast_object((ck["config"], ck["round"]) if world.is_server else None)
-    with _same_on_every_rank():
-        try:
-            saved = Config(**saved_values)
-        except (TypeError, UsageError) as exc:
-            raise UsageError(f"--resume: the config stored in {path!r} is not valid here ({exc})") from None
-        wanted = make_config({**saved_values, **base}, {**options, "out": path})
-        changed = saved.experiment_diff(wanted)
-        if changed:
-            detail = ", ".join(f"{k} ({getattr(saved, k)!r} in the file, {getattr(wanted, k)!r} now)"
-                               for k in changed)
-            raise UsageError(f"--resume: {path!r} was run with other settings: {detail}; resume without "
-                             f"them or start a new run with --out")
-    point = ResumePoint(path=Path(path), round=round_, vector=ck["vector"] if ck else None,
-                        kept=ck["kept"] if ck else None, row=ck["row"] if ck else None)
-    logging.getLogger("ssfl_mpi").info("resuming %s after round %d", path, round_)
-    return wanted, point
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .report import report
+
+    if mpi.world_rank() == 0:  # one writer; a report needs no MPI
+        with same_on_every_rank():
+            if not 0 < args.target <= 1:
+                raise UsageError(f"--target must be in (0, 1], got {args.target}")
+            report(args.files, out=args.out, target=args.target, networks=args.network,
+                   plots=not args.no_plots)
+    return EXIT_OK
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     from .table import markdown, summarize
 
-    with _same_on_every_rank():  # every rank reads the same files
+    with same_on_every_rank():  # every rank reads the same files
         text = markdown(summarize(args.files), metric=args.metric)
     print(text, end="")
     if args.out:
@@ -202,9 +221,38 @@ def cmd_bench_comm(args: argparse.Namespace) -> int:
     from . import comm as mpi
     from .bench import comm_benchmark
 
-    comm_benchmark(mpi.Comm(spin=args.spin), params=args.params, densities=args.density or [0.5, 0.1],
+    from .bench import MODEL_SIZES
+
+    comm_benchmark(mpi.Comm(spin=args.spin), params=args.params or list(MODEL_SIZES.values()),
+                   densities=args.density or [0.5, 0.1],
                    clients_per_worker=args.clients_per_worker, repeat=args.repeat,
                    warmup=args.warmup, out=args.out, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def cmd_bench_scaling(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .bench import scaling_benchmark
+    from .results import check_writable
+
+    world = mpi.Comm()
+    with same_on_every_rank():
+        try:
+            sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else list(range(2, world.size + 1))
+        except ValueError:
+            raise UsageError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+        values = {**(load_preset(args.preset) if args.preset else {}), "method": args.method,
+                  "clients": args.clients, "clients_per_round": args.clients_per_round, "rounds": args.rounds,
+                  "local_epochs": args.local_epochs}
+        make_config(dict(values), {})
+    error = None
+    if world.is_server:
+        try:
+            check_writable(Path(args.out), overwrite=args.overwrite)
+        except UsageError as exc:
+            error = str(exc)
+    world.agree(error)
+    scaling_benchmark(world, sizes=sizes, cfg_values=values, out=args.out, overwrite=True)
     return EXIT_OK
 
 
@@ -219,15 +267,6 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _same_on_every_rank():
-    """Errors in here come from the same argv and files on every rank: no abort is needed."""
-    try:
-        yield
-    except UsageError as exc:
-        raise UsageError(str(exc), collective=True) from None
-
-
 def _setup_logging() -> None:
     from . import comm as mpi
 
@@ -240,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _setup_logging()
-        with _same_on_every_rank():
+        with same_on_every_rank():
             args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as exc:

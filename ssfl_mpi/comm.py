@@ -140,6 +140,15 @@ class Comm:
     def barrier(self) -> None:
         self._wait(self.comm.Ibarrier())
 
+    def prefix(self, n: int) -> "Comm | None":
+        """A communicator of ranks 0..n-1 (rank 0 stays the server); None on the other ranks."""
+        sub = self.comm.Split(0 if self.rank < n else MPI.UNDEFINED, self.rank)
+        if sub == MPI.COMM_NULL:
+            return None
+        out = Comm(sub, spin=self.spin)
+        sub.Free()
+        return out
+
     def free(self) -> None:
         if self.comm != MPI.COMM_NULL:
             self.comm.Free()

@@ -1,5 +1,7 @@
 """Exception types that map to the documented exit codes."""
 
+import contextlib
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -25,3 +27,12 @@ class RunError(Exception):
 
 class Interrupted(Exception):
     """Every rank agreed to stop at a round boundary after SIGTERM or SIGUSR1."""
+
+
+@contextlib.contextmanager
+def same_on_every_rank():
+    """Errors in here come from the same argv and files on every rank: no abort is needed."""
+    try:
+        yield
+    except UsageError as exc:
+        raise UsageError(str(exc), collective=True) from None
