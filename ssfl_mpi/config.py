@@ -183,15 +183,20 @@ RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite"
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 
 
-def load_toml(path: str | os.PathLike) -> dict:
-    """Read a config file into a dict of Config fields; unknown keys are errors."""
+def read_toml(path: str | os.PathLike, *, what: str = "config") -> dict:
+    """A TOML file as a dict; an unreadable or invalid file is a one-line usage error."""
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
-        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        raise UsageError(f"{what} file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_toml(path: str | os.PathLike) -> dict:
+    """Read a config file into a dict of Config fields; unknown keys are errors."""
+    raw = read_toml(path)
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")

@@ -19,8 +19,8 @@ import torch
 from . import codec
 from .methods import METHODS
 from .errors import Interrupted
-from .lifecycle import poisoned
-from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, inject_fault, local_spec,
+from .lifecycle import inject_fault, poisoned
+from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, local_spec,
                        report_rss)
 from .seeding import torch_gen
 from .sparse import Mask, make_mask, n_keep, pack

@@ -15,7 +15,7 @@ from . import comm as mpi
 from . import data, models
 from .config import Config
 from .errors import Interrupted, RunError, UsageError
-from .lifecycle import StopFlag, inject_fault, peak_rss_mb  # noqa: F401 (inject_fault: for the loops)
+from .lifecycle import StopFlag, inject_fault, peak_rss_mb
 from .methods import METHODS, MaskContext
 from .partition import label_counts, partition, proportional_test_split
 from .results import ResultWriter, check_writable

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import comm as mpi
 from .config import Config
@@ -13,7 +14,6 @@ from .methods import METHODS
 from .protocol import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
 from .static_rounds import StaticServer, StaticWorker
-import torch
 
 __all__ = ["run", "setup", "find_mask", "ResumePoint"]
 

@@ -13,8 +13,8 @@ import torch
 
 from .aggregation import weighted_average
 from .errors import Interrupted
-from .lifecycle import poisoned
-from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, inject_fault, local_spec,
+from .lifecycle import inject_fault, poisoned
+from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, local_spec,
                        report_rss)
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack

@@ -23,12 +23,11 @@ A grid file:
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import FIELD_NAMES, make_config
+from .config import FIELD_NAMES, make_config, read_toml
 from .errors import UsageError
 from .presets import load_preset
 
@@ -70,13 +69,7 @@ def grid_file(name: str) -> Path:
 
 def load_grid(name: str, *, validate: bool = True) -> list[Cell]:
     path = grid_file(name)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise UsageError(f"cannot read grid file {str(path)!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"grid file {str(path)!r} is not valid TOML: {exc}") from None
+    raw = read_toml(path, what="grid")
     unknown = set(raw) - GRID_KEYS
     if unknown:
         raise UsageError(f"grid file {str(path)!r}: unknown keys {sorted(unknown)} (allowed: {sorted(GRID_KEYS)})")
