@@ -167,34 +167,27 @@ def _plots(runs: list[dict], rows: list[dict], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    def series(group, key):
-        acc = np.nanmean([d["rounds"]["test_accuracy"] for d in group], axis=0)
-        x = np.mean([d["rounds"][key] for d in group], axis=0)
-        ok = ~np.isnan(acc)
-        return x[ok], 100 * acc[ok]
+    def accuracy_panels(title: str, x_of, name: str, xlabel: str, *, log_x: bool = False) -> None:
+        """One panel per sparsity: mean test accuracy over seeds against x_of(run), per method."""
+        fig, axes = grid(title)
+        for ax, s in zip(axes, sparsities):
+            ax.set_title(f"sparsity {s:g}")
+            for label in labels:
+                group = cells.get((label, s)) or cells.get((label, 0.0))
+                if group:
+                    acc = np.nanmean([d["rounds"]["test_accuracy"] for d in group], axis=0)
+                    x = np.mean([x_of(d) for d in group], axis=0)
+                    ok = ~np.isnan(acc)
+                    ax.plot(x[ok], 100 * acc[ok], label=label, color=colors[label], lw=1.2)
+            if log_x:
+                ax.set_xscale("log")
+        finish(fig, axes, name, xlabel, "test accuracy (%)")
 
-    fig, axes = grid("Test accuracy per round (mean over seeds)")
-    for ax, s in zip(axes, sparsities):
-        ax.set_title(f"sparsity {s:g}")
-        for label in labels:
-            group = cells.get((label, s)) or cells.get((label, 0.0))
-            if group:
-                x, y = series(group, "round")
-                ax.plot(x, y, label=label, color=colors[label], lw=1.2)
-    finish(fig, axes, "accuracy_vs_round.png", "round", "test accuracy (%)")
-
-    fig, axes = grid("Test accuracy against the data moved (mean over seeds)")
-    for ax, s in zip(axes, sparsities):
-        ax.set_title(f"sparsity {s:g}")
-        for label in labels:
-            group = cells.get((label, s)) or cells.get((label, 0.0))
-            if group:
-                for d in group:
-                    d["rounds"]["cum_mb"] = np.cumsum(d["rounds"]["bytes_up"] + d["rounds"]["bytes_down"]) / 1e6
-                x, y = series(group, "cum_mb")
-                ax.plot(x, y, label=label, color=colors[label], lw=1.2)
-        ax.set_xscale("log")
-    finish(fig, axes, "accuracy_vs_mb.png", "cumulative MB, up + down (log)", "test accuracy (%)")
+    accuracy_panels("Test accuracy per round (mean over seeds)", lambda d: d["rounds"]["round"],
+                    "accuracy_vs_round.png", "round")
+    accuracy_panels("Test accuracy against the data moved (mean over seeds)",
+                    lambda d: np.cumsum(d["rounds"]["bytes_up"] + d["rounds"]["bytes_down"]) / 1e6,
+                    "accuracy_vs_mb.png", "cumulative MB, up + down (log)", log_x=True)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label in labels:
