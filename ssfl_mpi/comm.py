@@ -183,7 +183,15 @@ def report_usage_error(message: str, *, collective: bool) -> None:
     sys.stderr.flush()
     os.write(2, line.encode())  # one write: lines of different ranks do not interleave
     if not collective and world_size() > 1:
-        MPI.COMM_WORLD.Abort(EXIT_USAGE)
+        _abort(EXIT_USAGE)
+
+
+STDIO_GRACE_S = 0.5  # lets mpiexec forward a dying rank's last words before MPI_Abort kills the job
+
+
+def _abort(code: int) -> None:
+    time.sleep(STDIO_GRACE_S)  # seen in a fresh-clone CI run: without it, hydra can drop the aborting rank's stderr
+    MPI.COMM_WORLD.Abort(code)
 
 
 def report_run_error(message: str) -> None:
@@ -191,7 +199,7 @@ def report_run_error(message: str) -> None:
     rank = world_rank()
     os.write(2, (f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n").encode())
     if world_size() > 1:
-        MPI.COMM_WORLD.Abort(1)
+        _abort(1)
 
 
 def abort_with_traceback(exc: BaseException) -> None:
@@ -199,7 +207,7 @@ def abort_with_traceback(exc: BaseException) -> None:
     rank = world_rank()
     host = socket.gethostname()
     text = "".join(traceback.format_exception(exc))
-    sys.stderr.write(f"ssfl-mpi: rank {rank} on {host} (pid {os.getpid()}) failed:\n{text}")
     sys.stderr.flush()
+    os.write(2, f"ssfl-mpi: rank {rank} on {host} (pid {os.getpid()}) failed:\n{text}".encode())
     if world_size() > 1:
-        MPI.COMM_WORLD.Abort(EXIT_FAILURE)
+        _abort(EXIT_FAILURE)
