@@ -162,10 +162,10 @@ def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]
 
 
 def round_allreduce(comm: mpi.Comm, c: Case) -> tuple[int, int]:
-    """SSFL's one-time saliency aggregation: an int64 Allreduce(SUM) over every prunable weight."""
-    buf = _buffer(c, "scores", 2 * c.params).view(np.int64)  # 8 bytes per weight
+    """SSFL's one-time saliency aggregation: an Allreduce(SUM) of 3 int64 limbs per prunable weight."""
+    buf = _buffer(c, "scores", 6 * c.params).view(np.int64)  # 24 bytes per weight (saliency.to_limbs)
     comm.allreduce_sum_(buf)
-    return len(c.sizes) * c.params * 8, len(c.sizes) * c.params * 8
+    return len(c.sizes) * c.params * 24, len(c.sizes) * c.params * 24
 
 
 def round_pickle(comm: mpi.Comm, c: Case) -> tuple[int, int]:

@@ -7,9 +7,11 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, METHODS, MODELS, PARTITIONS,
-                     SALIENCY_WEIGHTINGS, load_toml, make_config)
+from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, METHODS, MODELS,
+                     PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
+                     make_config)
 from .presets import list_presets, load_preset
+from .table import METRICS
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, RunError,
                      UsageError, same_on_every_rank)
 
@@ -42,12 +44,21 @@ RUN_OPTIONS = [
     ("--sparsity", float, "fraction of prunable weights removed, 0 <= S < 1"),
     ("--saliency-batches", int, "minibatches Q per client for SSFL saliency"),
     ("--saliency-weighting", SALIENCY_WEIGHTINGS, "SSFL score weights: n_k/n or uniform"),
+    ("--saliency-score", SALIENCY_SCORES, "Q > 1: |mean_q g_q * w| over the first Q minibatches of one "
+     "shuffle, or the reference's mean_q |g_q * w| over Q fresh first batches"),
+    ("--saliency-input", SALIENCY_INPUTS, "score unaugmented minibatches, or augmented ones as the "
+     "reference's training loader gives them"),
+    ("--topk-ties", TOPK_TIES, "SSFL/snip-single mask: exactly k weights (ties by index), or also every "
+     "tie at the k-th score (the reference)"),
+    ("--augment-padding", AUGMENT_PADDINGS, "CIFAR random crop pads the raw image with black (reference), "
+     "or the normalized one with 0 (the mean colour)"),
     ("--mask-distribution", MASK_DISTRIBUTIONS, "random masks (random, random-clientwise, feddst's "
      "start): global uniform, uniform per layer, or Erdos-Renyi-Kernel"),
     ("--readjust-every", int, "feddst/prunefl: rounds between mask readjustments"),
     ("--readjust-ratio", float, "feddst: fraction of active weights pruned and regrown, cosine-decayed"),
     ("--prox-mu", float, "FedProx proximal term mu (0: off), any method"),
-    ("--lr-schedule", LR_SCHEDULES, "constant; exp-round: lr*decay^(round-1); cosine-restarts: "
+    ("--lr-schedule", LR_SCHEDULES, "constant; exp-round: lr*decay^round, round 1 first (reference); "
+     "exp-round-shifted: lr*decay^(round-1); cosine-restarts: "
      "cosine over local epochs, restarted every --lr-period epochs and every round"),
     ("--lr-decay", float, "exp-round decay per round"),
     ("--lr-period", int, "cosine-restarts period T_0 in local epochs"),
@@ -101,12 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--network", action="append", default=[], metavar="PROFILE",
                      help="project comm time per round: hpc, lan, wan, edge, or NAME:LATENCY_MS:MBIT "
                           "(repeatable)")
+    rep.add_argument("--metric", choices=tuple(METRICS), default="acc",
+                     help="acc: global model on the whole test set; client: global model on each client's "
+                          "split, mean over clients (the SSFL/DisPFL codes' number); personal: each client's "
+                          "own model")
     rep.add_argument("--no-plots", action="store_true")
     rep.set_defaults(func=cmd_report)
     table = sub.add_parser("table", help="comparison table (markdown) of result files")
     table.add_argument("files", nargs="+", metavar="FILE.h5")
-    table.add_argument("--metric", choices=("acc", "personal"), default="acc",
-                       help="final global test accuracy, or the personal one")
+    table.add_argument("--metric", choices=tuple(METRICS), default="acc",
+                       help="acc: global model on the whole test set; client: global model on each client's "
+                            "split, mean over clients (the SSFL/DisPFL codes' number); personal: each "
+                            "client's own model")
     table.add_argument("--out", help="also write the table to this file")
     table.set_defaults(func=cmd_table)
     presets = sub.add_parser("presets", help="list the shipped presets")
@@ -192,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if not 0 < args.target <= 1:
                 raise UsageError(f"--target must be in (0, 1], got {args.target}")
             report(args.files, out=args.out, target=args.target, networks=args.network,
-                   plots=not args.no_plots)
+                   plots=not args.no_plots, metric=args.metric)
     return EXIT_OK
 
 

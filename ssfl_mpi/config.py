@@ -16,12 +16,17 @@ METHODS = ("ssfl", "fedavg", "random", "magnitude", "snip-single", "random-clien
            "prunefl")
 DENSE_METHODS = ("fedavg",)
 MASK_DISTRIBUTIONS = ("uniform", "layerwise", "erk")
-LR_SCHEDULES = ("constant", "exp-round", "cosine-restarts")
+LR_SCHEDULES = ("constant", "exp-round", "exp-round-shifted", "cosine-restarts")
 DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100")
 TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
-MODELS = ("auto", "mlp", "cnn", "resnet18")
+MODELS = ("auto", "mlp", "cnn", "resnet18", "resnet18-torchvision")
 PARTITIONS = ("iid", "dirichlet", "dirichlet-balanced", "pathological")
 SALIENCY_WEIGHTINGS = ("data-size", "uniform")
+# Kept torch-free (option errors stay fast); tests check them against saliency.py and data.py.
+SALIENCY_SCORES = ("abs-mean-grad", "mean-abs")
+SALIENCY_INPUTS = ("plain", "augmented")
+TOPK_TIES = ("exact-k", "keep-all")
+AUGMENT_PADDINGS = ("black", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -49,6 +54,10 @@ class Config:
     sparsity: float = 0.5
     saliency_batches: int = 1
     saliency_weighting: str = "data-size"
+    saliency_score: str = "abs-mean-grad"  # |mean_q g_q * w|; "mean-abs": the reference's mean_q |g_q * w|
+    saliency_input: str = "plain"  # score unaugmented data; "augmented": the reference's loader batch
+    topk_ties: str = "exact-k"  # exactly k kept; "keep-all": also ties at the k-th score (reference)
+    augment_padding: str = "black"  # crop padding: raw image padded black (reference), or "mean"
     mask_distribution: str = "uniform"  # random masks (and FedDST's initial mask)
     readjust_every: int = 10  # FedDST / PruneFL: rounds between mask changes
     readjust_ratio: float = 0.2  # FedDST: fraction of active weights pruned and regrown at round 0
@@ -74,6 +83,10 @@ class Config:
         _check_choice("model", self.model, MODELS)
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("saliency-weighting", self.saliency_weighting, SALIENCY_WEIGHTINGS)
+        _check_choice("saliency-score", self.saliency_score, SALIENCY_SCORES)
+        _check_choice("saliency-input", self.saliency_input, SALIENCY_INPUTS)
+        _check_choice("topk-ties", self.topk_ties, TOPK_TIES)
+        _check_choice("augment-padding", self.augment_padding, AUGMENT_PADDINGS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("mask-distribution", self.mask_distribution, MASK_DISTRIBUTIONS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)

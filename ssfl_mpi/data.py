@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import UsageError
 from .seeding import np_rng
@@ -33,6 +34,14 @@ class Dataset:
     _train_x: object
     _test: tuple
     augment: bool = False
+    black: torch.Tensor | None = None  # per channel: a black pixel after normalization
+
+    def pad_fill(self, padding: str) -> torch.Tensor | None:
+        """What augmentation pads with: "black" (the raw image padded before normalizing, as
+        torchvision's pipeline and the reference do) or "mean" (0 after normalizing: the mean colour)."""
+        if padding not in PADDINGS:
+            raise ValueError(f"padding {padding!r} not in {PADDINGS}")
+        return self.black if padding == "black" else None
 
     def train_subset(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._train_x(indices) if callable(self._train_x) else self._train_x[indices]
@@ -93,44 +102,102 @@ def _synthetic(alpha: float, beta: float) -> Dataset:
                    (xt[test], torch.as_tensor(y[test])))
 
 
-def _torchvision(name: str, *, root: str, download: bool) -> Dataset:
+# Only the tests set this: generated files in torchvision's layouts cannot match its checksums.
+UNVERIFIED_ENV = "SSFL_MPI_TEST_UNVERIFIED_DATA"
+
+
+def _torchvision_class(name: str):
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST,
            "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    if os.environ.get(UNVERIFIED_ENV) != "1" or not hasattr(cls, "train_list"):
+        return cls  # MNIST-style classes check only that the files exist
+    # CIFAR: same reader, checksums None (torchvision then checks only that each file exists).
+    unverified = {"train_list": [[f, None] for f, _ in cls.train_list],
+                  "test_list": [[f, None] for f, _ in cls.test_list],
+                  "meta": {**cls.meta, "md5": None}}
+    return type(f"Unverified{cls.__name__}", (cls,), unverified)
+
+
+def _torchvision(name: str, *, root: str, download: bool) -> Dataset:
+    cls = _torchvision_class(name)
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
-        raise UsageError(f"{name} not found under {root!r} ({exc}): copy it there or pass "
+        raise UsageError(f"{name} not found under {root!r}, or its files fail torchvision's checksum "
+                         f"({exc}): copy the original files there or pass "
                          f"--download on a machine with network") from None
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            pickle.UnpicklingError) as exc:  # files present but not readable in the expected layout
+        raise UsageError(f"{name} under {root!r} is unreadable or truncated "
+                         f"({type(exc).__name__}: {exc}); replace its files") from None
     mean, std = STATS[name]
     mean = torch.tensor(mean).view(-1, 1, 1)
     std = torch.tensor(std).view(-1, 1, 1)
 
     def to_tensor(raw) -> torch.Tensor:
+        # The reference's ToTensor() then Normalize(mean, std), in the same operation order.
         x = torch.as_tensor(np.asarray(raw)).float().div_(255)
         x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
         return ((x - mean) / std).contiguous()
 
     labels = np.asarray(train.targets, dtype=np.int64)
+    test_labels = np.asarray(test.targets, dtype=np.int64)
     n_classes = len(train.classes)
+    _check_arrays(name, root, train.data, labels, test.data, test_labels, n_classes)
     shape = tuple(to_tensor(train.data[:1]).shape[1:])
+    black = ((torch.zeros_like(mean) - mean) / std).flatten()
     return Dataset(name, labels, n_classes, shape,
                    lambda idx: to_tensor(train.data[idx]),
-                   lambda: (to_tensor(test.data), torch.as_tensor(np.asarray(test.targets))),
-                   augment=name.startswith("cifar"))
+                   lambda: (to_tensor(test.data), torch.as_tensor(test_labels)),
+                   augment=name.startswith("cifar"), black=black)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, per sample, from our own generator."""
-    n, _, h, w = x.shape
+def _check_arrays(name: str, root: str, x, y, xt, yt, n_classes: int) -> None:
+    """Files that parse but hold the wrong things: one line naming what is wrong."""
+    where = f"{name} under {root!r}"
+    for split, images, labels in (("training", x, y), ("test", xt, yt)):
+        if len(labels) == 0:
+            raise UsageError(f"{where}: the {split} set is empty")
+        if len(images) != len(labels):
+            raise UsageError(f"{where}: the {split} set has {len(images)} images but {len(labels)} labels")
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise UsageError(f"{where}: {split} labels outside [0, {n_classes - 1}] "
+                             f"(found {labels.min()}..{labels.max()})")
+    if tuple(np.shape(x)[1:]) != tuple(np.shape(xt)[1:]):
+        raise UsageError(f"{where}: training images {tuple(np.shape(x)[1:])} and test images "
+                         f"{tuple(np.shape(xt)[1:])} differ in shape")
+
+
+PADDINGS = ("black", "mean")
+
+
+def crop_flip(x: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor, *,
+              pad: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad every image by `pad` with `fill` (per channel; None: 0), crop h x w at (top, left), flip.
+
+    One indexing operation for the whole batch. With fill = the normalized value of a black pixel
+    this is torchvision's RandomCrop(padding=pad) then RandomHorizontalFlip on the raw image,
+    followed by Normalize, as the reference pipeline does.
+    """
+    n, c, h, w = x.shape
+    padded = x.new_zeros((n, c, h + 2 * pad, w + 2 * pad))
+    if fill is not None:
+        padded += fill.to(x.dtype).view(1, c, 1, 1)
+    padded[:, :, pad: pad + h, pad: pad + w] = x
+    rows = tops.view(n, 1) + torch.arange(h)
+    cols = torch.arange(w).expand(n, w)
+    cols = torch.where(flips.view(n, 1), w - 1 - cols, cols) + lefts.view(n, 1)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+                  rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int = 4,
+                  fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop with padding and horizontal flip, per sample, from our own generator."""
+    n = x.shape[0]
     flip = torch.rand(n, generator=gen) < 0.5
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    out = torch.empty_like(x)
-    for i in range(n):
-        top, left = int(offsets[i, 0]), int(offsets[i, 1])
-        crop = padded[i, :, top: top + h, left: left + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    return crop_flip(x, offsets[:, 0], offsets[:, 1], flip, pad=pad, fill=fill)

@@ -162,7 +162,7 @@ class DynamicWorker:
         self.s, self.cfg = s, s.cfg
         self.start = resume.round + 1 if resume else 1
         self.method = METHODS[s.cfg.method]
-        self.spec = local_spec(s.cfg, s.dataset.augment)
+        self.spec = local_spec(s.cfg, s.dataset)
 
     def run(self) -> None:
         for r in range(self.start, self.cfg.rounds + 1):

@@ -17,10 +17,14 @@ import torch.nn.functional as F
 
 from . import codec
 from .masks import magnitude_mask, random_mask, vote_mask
-from .saliency import client_saliency, client_weights, fixed_point_exponent, quantize
+from .saliency import (check_client_count, client_saliency, client_weights, limbs_to_float,
+                       normalize_limbs, scale_exponent, to_limbs, topk_limbs)
 from .seeding import torch_gen
 from .sparse import FlatModel, Mask, dense_mask, make_mask, n_keep, topk_mask
 from .training import LocalSpec, local_train
+
+SCORE_CACHE_BYTES = 1 << 30  # per rank: client scores kept between the max and the sum pass
+
 
 @dataclass(frozen=True, kw_only=True)
 class MaskContext:
@@ -34,6 +38,9 @@ class MaskContext:
     batch_size: int
     saliency_batches: int = 1
     saliency_weighting: str = "data-size"
+    saliency_score: str = "abs-mean-grad"
+    saliency_augment: Callable | None = None  # (x, gen) -> x: score augmented minibatches
+    topk_ties: str = "exact-k"
     mask_distribution: str = "uniform"
     spec: LocalSpec | None = None  # local training, for methods that train before round 1
     reduce_max: Callable[[float], float] = lambda v: v
@@ -68,27 +75,38 @@ class SSFL:
     def _weights(self, ctx: MaskContext) -> np.ndarray:
         return client_weights(ctx.client_sizes, ctx.saliency_weighting)
 
-    def _scores(self, ctx: MaskContext, cid: int, weight: float) -> torch.Tensor:
+    def _scores(self, ctx: MaskContext, cid: int, weight: float) -> np.ndarray:
         x, y = ctx.clients[cid]
         s = client_saliency(ctx.flat, x, y, batch_size=ctx.batch_size, n_batches=ctx.saliency_batches,
-                            gen=torch_gen(ctx.seed, "saliency", cid))
-        return s * weight
+                            gen=torch_gen(ctx.seed, "saliency", cid), score=ctx.saliency_score,
+                            augment=ctx.saliency_augment)
+        return (s * weight).cpu().numpy()
 
     def find_mask(self, ctx: MaskContext) -> Mask:
         weights = self._weights(ctx)
+        check_client_count(int(np.count_nonzero(weights)))
         scored = [cid for cid in sorted(ctx.clients) if weights[cid] > 0]
-        # Two passes so that every client's scores are quantized on one global scale without
-        # holding K dense score vectors in memory; the saliency is deterministic, so pass 2
-        # recomputes exactly what pass 1 saw.
+        # Every client's scores go onto one global fixed-point scale, so its exponent must be known
+        # first: keep the scores if they fit in SCORE_CACHE_BYTES, else compute them twice (they are
+        # deterministic, so the second pass sees exactly what the first did).
+        cache = len(scored) * ctx.flat.n_prunable * 8 <= SCORE_CACHE_BYTES
+        kept_scores = {}
         local_max = 0.0
         for cid in scored:
-            local_max = max(local_max, float(self._scores(ctx, cid, weights[cid]).max()))
-        exponent = fixed_point_exponent(ctx.reduce_max(local_max))
-        total = np.zeros(ctx.flat.n_prunable, dtype=np.int64)
+            s = self._scores(ctx, cid, weights[cid])
+            local_max = max(local_max, float(s.max()) if s.size else 0.0)
+            if cache:
+                kept_scores[cid] = s
+        exponent = scale_exponent(ctx.reduce_max(local_max))
+        total = np.zeros((3, ctx.flat.n_prunable), dtype=np.int64)
         for cid in scored:
-            total += quantize(self._scores(ctx, cid, weights[cid]), exponent)
+            s = kept_scores.pop(cid) if cache else self._scores(ctx, cid, weights[cid])
+            total += to_limbs(s, exponent)
         ctx.reduce_sum_(total)
-        return make_mask(ctx.flat, topk_mask(torch.from_numpy(total), ctx.k))
+        total = normalize_limbs(total)
+        kept = topk_limbs(total, ctx.k, ties=ctx.topk_ties)
+        scores = limbs_to_float(total, exponent).astype(np.float32)
+        return make_mask(ctx.flat, torch.from_numpy(kept), scores=scores)
 
     def setup_bytes(self, *, n_clients: int, n_prunable: int, mask: Mask) -> tuple[int, int]:
         """One-time deployment traffic: each client's dense float32 scores up, a bitmask down."""

@@ -13,7 +13,7 @@ import torch
 
 from . import comm as mpi
 from . import data, models
-from .config import Config
+from .config import TORCHVISION_DATASETS, Config
 from .errors import Interrupted, RunError, UsageError
 from .lifecycle import StopFlag, inject_fault, peak_rss_mb
 from .methods import METHODS, MaskContext
@@ -21,6 +21,7 @@ from .partition import label_counts, partition, proportional_test_split
 from .results import ResultWriter, check_writable
 from .seeding import np_rng, sample_clients, torch_seed
 from .sparse import FlatModel, Mask
+from .data import augment_batch
 from .training import LocalSpec, predict, split_accuracy
 
 log = logging.getLogger("ssfl_mpi")
@@ -98,47 +99,83 @@ def setup(cfg: Config, comm: mpi.Comm, *, resuming: bool = False) -> Setup:
     return result
 
 
+class Phase:
+    """A setup phase on rank 0's log: a line when it starts (if it can be long) and its time."""
+
+    def __init__(self, what: str, *, announce: bool = False):
+        self.what, self.announce = what, announce
+
+    def __enter__(self) -> "Phase":
+        self.t0 = time.perf_counter()
+        self.detail = ""
+        if self.announce:
+            log.info("setup: %s ...", self.what)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            log.info("setup: %s%s (%.1f s)", self.what, self.detail, time.perf_counter() - self.t0)
+
+
 def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
     threads = pick_threads(cfg.threads, comm.local_size)
     torch.set_num_threads(threads)
     device = pick_device(cfg.device, comm.local_rank)
-    ds = data.load(cfg.dataset, root=cfg.data_root, download=cfg.download,
-                   synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
-    parts = partition(cfg.partition, ds.train_labels, n_clients=cfg.clients,
-                      rng=np_rng(cfg.seed, "partition"), alpha=cfg.alpha,
-                      classes_per_client=cfg.classes_per_client)
-    sizes = np.array([len(p) for p in parts], dtype=np.int64)
-    if sizes.min() == 0:
-        raise UsageError(f"partition {cfg.partition} left client {int(sizes.argmin())} without data")
-    home = home_ranks(cfg.clients, comm.workers)
-    clients = {k: ds.train_subset(parts[k]) for k in range(cfg.clients) if home[k] == comm.rank}
-    test = ds.test_set() if comm.is_server else None
-    counts = label_counts(ds.train_labels, parts, ds.n_classes)
-    owner = (proportional_test_split(test[1].numpy(), counts, np_rng(cfg.seed, "personal-split"))
-             if comm.is_server else None)
+    with Phase(f"load {cfg.dataset}", announce=cfg.dataset in TORCHVISION_DATASETS) as ph:
+        ds = data.load(cfg.dataset, root=cfg.data_root, download=cfg.download,
+                       synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
+        ph.detail = f": {len(ds.train_labels)} training samples, {ds.n_classes} classes"
+    with Phase(f"partition {cfg.partition} over {cfg.clients} clients") as ph:
+        parts = partition(cfg.partition, ds.train_labels, n_clients=cfg.clients,
+                          rng=np_rng(cfg.seed, "partition"), alpha=cfg.alpha,
+                          classes_per_client=cfg.classes_per_client)
+        sizes = np.array([len(p) for p in parts], dtype=np.int64)
+        if sizes.min() == 0:
+            raise UsageError(f"partition {cfg.partition} left client {int(sizes.argmin())} without data")
+        home = home_ranks(cfg.clients, comm.workers)
+        clients = {k: ds.train_subset(parts[k]) for k in range(cfg.clients) if home[k] == comm.rank}
+        test = ds.test_set() if comm.is_server else None
+        counts = label_counts(ds.train_labels, parts, ds.n_classes)
+        owner = (proportional_test_split(test[1].numpy(), counts, np_rng(cfg.seed, "personal-split"))
+                 if comm.is_server else None)
+        ph.detail = f": {sizes.min()}-{sizes.max()} samples each"
     model_name = models.resolve(cfg.model, cfg.dataset)
-    net = models.build(model_name, dataset=cfg.dataset, input_shape=ds.input_shape,
-                       n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
+    with Phase(f"build {model_name}") as ph:
+        net = models.build(model_name, dataset=cfg.dataset, input_shape=ds.input_shape,
+                           n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
+        flat = FlatModel(net, device)
+        ph.detail = f": {flat.numel:,} parameters, {flat.n_prunable:,} prunable, on {device}"
     return Setup(cfg=cfg, comm=comm, device=device, threads=threads, dataset=ds, sizes=sizes,
                  label_counts=counts, home=home, clients=clients, test=test, test_owner=owner,
-                 model_name=model_name, flat=FlatModel(net, device))
+                 model_name=model_name, flat=flat)
 
 
-def local_spec(cfg: Config, augment: bool) -> LocalSpec:
+def local_spec(cfg: Config, dataset: data.Dataset) -> LocalSpec:
     return LocalSpec(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                     weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, augment=augment,
+                     weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, augment=dataset.augment,
+                     pad_fill=dataset.pad_fill(cfg.augment_padding),
                      prox_mu=cfg.prox_mu, lr_schedule=cfg.lr_schedule, lr_decay=cfg.lr_decay,
                      lr_period=cfg.lr_period, lr_min=cfg.lr_min)
 
 
 def find_mask(s: Setup) -> Mask:
     cfg = s.cfg
+    spec = local_spec(cfg, s.dataset)
+    augment = None
+    if cfg.saliency_input == "augmented" and spec.augment:
+        def augment(x, gen):
+            return augment_batch(x, gen, fill=spec.pad_fill)
     ctx = MaskContext(flat=s.flat, clients=s.clients, client_sizes=s.sizes, seed=cfg.seed,
                       density=cfg.density, batch_size=cfg.batch_size,
                       saliency_batches=cfg.saliency_batches, saliency_weighting=cfg.saliency_weighting,
-                      mask_distribution=cfg.mask_distribution, spec=local_spec(cfg, s.dataset.augment),
+                      saliency_score=cfg.saliency_score, saliency_augment=augment, topk_ties=cfg.topk_ties,
+                      mask_distribution=cfg.mask_distribution, spec=spec,
                       reduce_max=s.comm.allreduce_max, reduce_sum_=s.comm.allreduce_sum_)
-    mask = METHODS[cfg.method].find_mask(ctx)
+    method = METHODS[cfg.method]
+    long = cfg.method in ("ssfl", "snip-single", "prunefl")
+    with Phase(f"{cfg.method} mask on {s.comm.workers} worker rank(s)", announce=long) as ph:
+        mask = method.find_mask(ctx)
+        ph.detail = f": {mask.n_kept:,} of {s.flat.n_prunable:,} prunable weights kept (density {mask.density:.4f})"
     s.flat.flat.mul_(mask.multiplier)  # the pruned initial weights are zero from here on
     return mask
 
@@ -195,6 +232,13 @@ class ServerBase:
         try:
             self.writer.write_partition(self.s.sizes, self.s.label_counts)
             self._write_mask()
+            if self.mask.scores is not None and not self.resume:
+                cfg = self.cfg
+                self.writer.write_saliency(self.mask.scores, {
+                    "what": "sum over clients of p_k * saliency_k (float32 of the exact fixed-point sum)",
+                    "weighting": cfg.saliency_weighting if cfg.method == "ssfl" else "client 0 only",
+                    "score": cfg.saliency_score, "input": cfg.saliency_input,
+                    "batches": cfg.saliency_batches, "topk_ties": cfg.topk_ties})
             if self.resume:  # the checkpointed round's row, which a kill may have cut off
                 self._finish(dict(self.resume.row))
             self._loop()
@@ -266,14 +310,17 @@ class ServerBase:
         """The mask client cid trains in, when clients differ (None: the shared one)."""
         return None
 
-    def _evaluate(self) -> tuple[float, float, float]:
+    def _evaluate(self) -> dict:
+        """The global model on the whole test set, and on each client's own split (unweighted
+        mean over clients: the accuracy the SSFL and DisPFL codes report); the personal accuracy
+        is the same number unless clients train in masks of their own."""
         s = self.s
         x, y = s.test
         correct, loss = predict(s.flat, x, y)
-        personal = split_accuracy(correct, s.test_owner, self.cfg.clients)
-        if not self.method.shared_mask:
-            personal = self._personal_per_client_masks()
-        return float(correct.double().mean()), loss / len(y), personal
+        clients = split_accuracy(correct, s.test_owner, self.cfg.clients)
+        personal = clients if self.method.shared_mask else self._personal_per_client_masks()
+        return {"test_accuracy": float(correct.double().mean()), "test_loss": loss / len(y),
+                "client_accuracy": clients, "personal_accuracy": personal}
 
     def _personal_per_client_masks(self) -> float:
         """Each client's model is the global one inside its own mask, on its own split."""
@@ -296,13 +343,17 @@ class ServerBase:
         cfg = self.cfg
         r = row["round"]
         self._load_global()
-        acc = loss = personal = float("nan")
+        nan = float("nan")
+        metrics = {"test_accuracy": nan, "test_loss": nan, "client_accuracy": nan, "personal_accuracy": nan}
         if r % cfg.eval_every == 0 or r == cfg.rounds:
-            acc, loss, personal = self._evaluate()
-        row.update(test_accuracy=acc, test_loss=loss, personal_accuracy=personal)
+            t0 = time.perf_counter()
+            metrics = self._evaluate()
+            metrics["time_eval"] = time.perf_counter() - t0
+        row.update({"time_eval": 0.0, **metrics})
         self.writer.append_round(row)
         log.info("round %4d/%d  acc %s  personal %s  train %.4f  up %.3f MB  down %.3f MB  "
-                 "comm %.3f s  round %.3f s", r, cfg.rounds, _fmt(acc), _fmt(personal),
+                 "comm %.3f s  round %.3f s", r, cfg.rounds, _fmt(metrics["test_accuracy"]),
+                 _fmt(metrics["personal_accuracy"]),
                  row["train_loss"], row["bytes_up"] / 1e6, row["bytes_down"] / 1e6,
                  row["time_comm"], row["time_round"])
 

@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 
 from .errors import UsageError
-from .results import SCHEMA, read
-from .table import variant
+from .results import READABLE_SCHEMAS, read
+from .table import METRICS, metric_series, variant
 
 log = logging.getLogger("ssfl_mpi")
 
@@ -49,12 +49,12 @@ def projected_comm_s(bytes_up: float, bytes_down: float, clients: int, latency: 
     return 2 * latency + 8 * (bytes_down + bytes_up) / clients / bandwidth
 
 
-def _load(paths: list[str]) -> tuple[list[dict], list[tuple[str, str, int]], list[str]]:
+def _load(paths: list[str], metric: str = "acc") -> tuple[list[dict], list[tuple[str, str, int]], list[str]]:
     runs, incomplete, benches = [], [], []
     for path in paths:
         try:
             with h5py.File(path, "r", locking=False) as f:
-                is_bench = "bench" in f and f.attrs.get("schema") == SCHEMA
+                is_bench = "bench" in f and f.attrs.get("schema") in READABLE_SCHEMAS
         except OSError as exc:
             raise UsageError(f"cannot open {path!r}: {exc}") from None
         if is_bench:
@@ -64,6 +64,11 @@ def _load(paths: list[str]) -> tuple[list[dict], list[tuple[str, str, int]], lis
         if d["attrs"]["status"] != "complete":
             incomplete.append((path, d["attrs"]["status"], len(d["rounds"]["round"])))
             continue
+        acc = metric_series(d["rounds"], metric)
+        if acc is None:
+            incomplete.append((path, f"no {METRICS[metric][0]} column (older schema)", len(d["rounds"]["round"])))
+            continue
+        d["acc"] = acc
         d["path"] = path
         d["label"] = variant(d["config"])
         runs.append(d)
@@ -86,12 +91,12 @@ def _mean_sd(values) -> tuple[float, float]:
 def summarize(runs: list[dict], *, target: float, networks: list[tuple]) -> list[dict]:
     rows = []
     for (label, sparsity), group in _cells(runs).items():
-        final = [d["rounds"]["test_accuracy"][-1] for d in group]
-        best = [np.nanmax(d["rounds"]["test_accuracy"]) for d in group]
+        final = [d["acc"][np.isfinite(d["acc"])][-1] for d in group]
+        best = [np.nanmax(d["acc"]) for d in group]
         mb = [np.mean(d["rounds"]["bytes_up"] + d["rounds"]["bytes_down"]) / 1e6 for d in group]
         to_target = []
         for d in group:
-            acc = d["rounds"]["test_accuracy"]
+            acc = d["acc"]
             hit = np.flatnonzero(np.nan_to_num(acc, nan=-1) >= target)
             if len(hit):
                 cum = np.cumsum(d["rounds"]["bytes_up"] + d["rounds"]["bytes_down"])
@@ -113,10 +118,11 @@ def summarize(runs: list[dict], *, target: float, networks: list[tuple]) -> list
     return rows
 
 
-def _markdown(rows: list[dict], incomplete, *, target: float, networks: list[tuple]) -> str:
+def _markdown(rows: list[dict], incomplete, *, target: float, networks: list[tuple], metric: str = "acc") -> str:
     head = ["method", "S", "seeds", "final acc %", "best acc %", "MB/round", f"MB to {100 * target:g}%",
             "compute s/round", "comm s/round"] + [f"{n[0]} comm s/round" for n in networks]
-    lines = ["# Summary", "", f"Accuracy: global model on the test set, mean ± sample std over seeds. MB: "
+    lines = ["# Summary", "", f"Accuracy (`--metric {metric}`): {METRICS[metric][1]}; mean ± sample std over "
+             f"seeds. MB: "
              f"up + down, summed over each round's clients. MB to {100 * target:g}%: cumulative MB when the "
              f"test accuracy first reached it (mean over the seeds that did, their number in brackets).", ""]
     if networks:
@@ -131,8 +137,8 @@ def _markdown(rows: list[dict], incomplete, *, target: float, networks: list[tup
                  f"{r['comm_s_per_round']:.3f}"] + [f"{r[f'{n[0]}_comm_s']:.3g}" for n in networks]
         lines.append("| " + " | ".join(cells) + " |")
     if incomplete:
-        lines += ["", "## Not included (incomplete runs)", ""]
-        lines += [f"- `{p}`: status {s}, {n} rounds" for p, s, n in incomplete]
+        lines += ["", "## Not included", ""]
+        lines += [f"- `{p}`: {s if ' ' in s else 'status ' + s}, {n} rounds" for p, s, n in incomplete]
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +181,7 @@ def _plots(runs: list[dict], rows: list[dict], out: Path) -> list[Path]:
             for label in labels:
                 group = cells.get((label, s)) or cells.get((label, 0.0))
                 if group:
-                    acc = np.nanmean([d["rounds"]["test_accuracy"] for d in group], axis=0)
+                    acc = np.nanmean([d["acc"] for d in group], axis=0)
                     x = np.mean([x_of(d) for d in group], axis=0)
                     ok = ~np.isnan(acc)
                     ax.plot(x[ok], 100 * acc[ok], label=label, color=colors[label], lw=1.2)
@@ -282,13 +288,15 @@ def _bench_md(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def report(paths: list[str], *, out: str, target: float, networks: list[str], plots: bool = True) -> Path:
-    runs, incomplete, benches = _load(paths)
+def report(paths: list[str], *, out: str, target: float, networks: list[str], plots: bool = True,
+           metric: str = "acc") -> Path:
+    runs, incomplete, benches = _load(paths, metric)
     nets = [network(n) for n in networks]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, target=target, networks=nets) if runs else []
-    text = _markdown(rows, incomplete, target=target, networks=nets) if runs or incomplete else "# Summary\n"
+    text = (_markdown(rows, incomplete, target=target, networks=nets, metric=metric)
+            if runs or incomplete else "# Summary\n")
     if benches:
         text += "\n# Benchmarks\n\n" + _bench_md(benches)
         if plots:
@@ -302,7 +310,7 @@ def report(paths: list[str], *, out: str, target: float, networks: list[str], pl
         if plots:
             _plots(runs, rows, out_dir)
     for p, s, n in incomplete:
-        log.warning("not included: %s (status %s, %d rounds)", p, s, n)
+        log.warning("not included: %s (%s, %d rounds)", p, s, n)
     log.info("wrote %s (%d runs, %d incomplete, %d benchmark files)", out_dir / "summary.md", len(runs),
              len(incomplete), len(benches))
     return out_dir / "summary.md"

@@ -14,15 +14,19 @@ import numpy as np
 
 from .errors import UsageError
 
-SCHEMA = "ssfl-mpi/1"
+SCHEMA = "ssfl-mpi/2"  # 2: client_accuracy, time_eval, /saliency; topk-ties etc. in the config
+READABLE_SCHEMAS = ("ssfl-mpi/1", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 # /rounds/<name>: one entry per completed round. Units are in the names' documentation below.
 ROUND_FIELDS = {
     "round": np.int64,            # 1-based round number
     "test_accuracy": np.float64,  # global model on the global test set, in [0, 1]; NaN if not evaluated
-    "personal_accuracy": np.float64,  # mean over clients of the accuracy of their model (the global one
-                                  # inside their own mask) on their own test split; NaN if not evaluated
+    "client_accuracy": np.float64,  # unweighted mean over clients of the global model's accuracy on
+                                  # each client's own test split (the accuracy the SSFL and DisPFL
+                                  # codes report); NaN if not evaluated
+    "personal_accuracy": np.float64,  # the same with each client's own model (the global one inside its
+                                  # own mask): equal to client_accuracy where all share one mask
     "test_loss": np.float64,      # mean cross-entropy on the test set; NaN if not evaluated
     "train_loss": np.float64,     # n_k-weighted mean of the sampled clients' local training loss
     "bytes_up": np.int64,         # payload bytes the round's clients send: float32 values, plus
@@ -39,6 +43,8 @@ ROUND_FIELDS = {
     "time_compute": np.float64,   # seconds of local training, max over worker ranks
     "time_comm": np.float64,      # seconds inside round-protocol MPI calls (waits included), max over workers
     "time_round": np.float64,     # server wall seconds from the round's broadcast to its aggregate
+    "time_eval": np.float64,      # server seconds evaluating this round's model (0 when not evaluated);
+                                  # overlaps the next round's training, not part of time_round
 }
 
 
@@ -180,6 +186,16 @@ class ResultWriter:
         g.create_dataset("kept", data=np.asarray(kept, dtype=bool), compression="gzip", shuffle=True)
         self.commit()
 
+    def write_saliency(self, scores: np.ndarray, attrs: dict) -> None:
+        """The aggregated global score the mask was chosen from (float32, one per prunable weight)."""
+        if "saliency" in self.f:
+            del self.f["saliency"]
+        g = self.f.create_group("saliency")
+        g.create_dataset("global", data=np.asarray(scores, dtype=np.float32))
+        for key, value in attrs.items():
+            g.attrs[key] = value
+        self.commit()
+
     def write_model(self, state: dict[str, np.ndarray]) -> None:
         g = self.f.require_group("model")
         for name, value in state.items():
@@ -210,8 +226,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                          f"with --out") from None
     with f:
         if f.attrs.get("schema") != SCHEMA or "config" not in f.attrs:
-            raise UsageError(f"--resume: {path!r} is not an ssfl-mpi result file (schema "
-                             f"{_plain(f.attrs.get('schema'))!r})")
+            raise UsageError(f"--resume: {path!r} is not an ssfl-mpi result file of schema {SCHEMA!r} "
+                             f"(schema {_plain(f.attrs.get('schema'))!r}); resume it with the version "
+                             f"that wrote it")
         status = _plain(f.attrs["status"])
         if "checkpoint" not in f:
                 raise UsageError(f"--resume: {path!r} holds no checkpoint (stopped before its first round "
@@ -229,13 +246,13 @@ def read(path: str | os.PathLike) -> dict:
     except OSError as exc:
         raise UsageError(f"cannot open result file {str(path)!r}: {exc}") from None
     with f:
-        if f.attrs.get("schema") != SCHEMA:
+        if _plain(f.attrs.get("schema")) not in READABLE_SCHEMAS:
             raise UsageError(f"{str(path)!r} is not an ssfl-mpi result file (schema "
-                             f"{f.attrs.get('schema')!r}, expected {SCHEMA!r})")
+                             f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
         out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
                "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
         out["config"] = json.loads(out["attrs"]["config"])
-        for group in ("mask", "partition", "model", "checkpoint"):
+        for group in ("mask", "partition", "model", "checkpoint", "saliency"):
             if group in f:
                 out[group] = {k: f[group][k][()] for k in f[group]}
         return out

@@ -1,39 +1,78 @@
-"""SSFL saliency |dL/dw * w| on a client's data, and its order-free fixed-point aggregation."""
+"""SSFL saliency |dL/dw * w| on a client's data, and its exact, order-free sum over clients.
+
+The sum: every client's weighted scores are cut into three int64 "limbs" of 40 bits on one global
+scale (2^E >= the largest weighted score of any client), so the scores are fixed-point numbers with
+120 fractional bits below 2^E. Integer addition is exact and associative, so the Allreduce(SUM)
+of the limbs is the same for any number of ranks and any order of the clients, and it does not
+overflow while fewer than 2^23 (8,388,607) clients contribute: each limb is < 2^40 before the sum.
+The only rounding is each client's score to a multiple of 2^(E-120) (a score down to 2^-67 of the
+largest keeps all 53 bits of its float64 mantissa).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .sparse import FlatModel
 
-FIXED_POINT_BITS = 52  # the global maximum maps to 2**52: exact in float64, far from int64 overflow
+SCORES = ("abs-mean-grad", "mean-abs")
+INPUTS = ("plain", "augmented")
+LIMB_BITS = 40
+N_LIMBS = 3
+MAX_CLIENTS = 2 ** (63 - LIMB_BITS) - 1  # K limbs of < 2^40 (plus carries) stay below 2^63
 
 
 def client_saliency(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
-                    n_batches: int, gen: torch.Generator) -> torch.Tensor:
-    """|g * w| over the prunable weights, g the mean gradient of the first Q shuffled minibatches.
+                    n_batches: int, gen: torch.Generator, score: str = "abs-mean-grad",
+                    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+    """Saliency of every prunable weight for one client: float64 [n_prunable].
 
-    Taken in eval mode at the current (initial) weights, as the reference does. float64 [n_prunable].
+    Taken in eval mode at the current (initial) weights, cross-entropy loss, as the reference.
+    - "abs-mean-grad": one shuffle of the client's data, its first Q minibatches (fewer if the
+      client has fewer), |mean_q g_q * w| (SNIP-style gradient accumulation).
+    - "mean-abs": the reference's: Q times the first minibatch of a fresh shuffle (batches may
+      overlap, Q is not capped), mean_q |g_q * w|.
+    `augment`, when given, transforms each minibatch as local training does (the reference scores
+    the first batch of the client's augmented training loader).
     """
+    if score not in SCORES:
+        raise ValueError(f"saliency score {score!r} not in {SCORES}")
     model = flat.model
     was_training = model.training
     model.eval()
     device = flat.flat.device
-    order = torch.randperm(len(y), generator=gen)
-    batches = [order[i: i + batch_size] for i in range(0, len(y), batch_size)][:n_batches]
-    flat.zero_grad()
-    for idx in batches:
-        loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device)) / len(batches)
-        loss.backward()
     idx = flat.prunable_idx
-    scores = (flat.grad[idx] * flat.flat.detach()[idx]).abs().double()
+    w = flat.flat.detach()[idx]
+    if score == "abs-mean-grad":
+        order = torch.randperm(len(y), generator=gen)
+        batches = [order[i: i + batch_size] for i in range(0, len(y), batch_size)][:n_batches]
+    else:
+        batches = [torch.randperm(len(y), generator=gen)[:batch_size] for _ in range(n_batches)]
+    flat.zero_grad()
+    total = torch.zeros(flat.n_prunable, dtype=torch.float64, device=device)
+    for b in batches:
+        xb = x[b] if augment is None else augment(x[b], gen)
+        loss = F.cross_entropy(model(xb.to(device)), y[b].to(device))
+        if score == "abs-mean-grad":
+            (loss / len(batches)).backward()
+        else:
+            loss.backward()
+            total += (flat.grad[idx] * w).abs().double()
+            flat.zero_grad()
+    if score == "abs-mean-grad":
+        total = (flat.grad[idx] * w).abs().double()
+    else:
+        total /= len(batches)
     flat.zero_grad()
     model.train(was_training)
-    return scores
+    return total
 
 
 def client_weights(sizes: np.ndarray, weighting: str) -> np.ndarray:
@@ -44,14 +83,75 @@ def client_weights(sizes: np.ndarray, weighting: str) -> np.ndarray:
     return sizes / sizes.sum()
 
 
-def fixed_point_exponent(global_max: float) -> int:
-    """Power of two that maps the largest weighted score to at most 2**FIXED_POINT_BITS."""
+def check_client_count(n: int) -> None:
+    if n > MAX_CLIENTS:
+        raise UsageError(f"{n} clients contribute saliency; the exact int64 sum holds at most "
+                         f"{MAX_CLIENTS:,} (2^23 - 1)")
+
+
+def scale_exponent(global_max: float) -> int:
+    """E with global_max < 2^E (0 when every score is 0)."""
     if not global_max > 0:
         return 0
-    return FIXED_POINT_BITS - math.ceil(math.log2(global_max))
+    if not math.isfinite(global_max):
+        raise ValueError(f"saliency is not finite (max {global_max})")
+    return math.frexp(global_max)[1]
 
 
-def quantize(weighted: torch.Tensor, exponent: int) -> np.ndarray:
-    """Weighted float64 scores -> int64 fixed point; integer sums do not depend on their order."""
-    scaled = torch.ldexp(weighted, torch.tensor(float(exponent), dtype=torch.float64))
-    return torch.round(scaled).to(torch.int64).cpu().numpy()
+def to_limbs(scores: np.ndarray | torch.Tensor, exponent: int) -> np.ndarray:
+    """Non-negative float64 scores <= 2^E as int64 [N_LIMBS, n]: value = sum_i limb_i 2^(E - 40 (i+1)).
+
+    Each step is exact in float64 (scaling by a power of two, subtracting the integer part);
+    only the last limb is rounded (half to even).
+    """
+    y = np.ldexp(np.asarray(scores, dtype=np.float64), LIMB_BITS - exponent)
+    if y.size and (y.min() < 0 or y.max() > 2.0 ** LIMB_BITS):
+        raise ValueError("to_limbs: scores must lie in [0, 2^E]")
+    out = np.empty((N_LIMBS, y.size), dtype=np.int64)
+    for i in range(N_LIMBS):
+        part = np.floor(y) if i < N_LIMBS - 1 else np.rint(y)
+        out[i] = part
+        y = np.ldexp(y - part, LIMB_BITS)
+    return out
+
+
+def normalize_limbs(total: np.ndarray) -> np.ndarray:
+    """Carry so that every limb but the first is < 2^40: then the limbs compare lexicographically."""
+    out = total.copy()
+    for i in range(N_LIMBS - 1, 0, -1):
+        carry = out[i] >> LIMB_BITS
+        out[i] &= (1 << LIMB_BITS) - 1
+        out[i - 1] += carry
+    return out
+
+
+def limbs_to_float(total: np.ndarray, exponent: int) -> np.ndarray:
+    """The (normalized) fixed-point sum as float64, rounded: for storage and plots, not for ranking."""
+    out = np.zeros(total.shape[1], dtype=np.float64)
+    for i in range(N_LIMBS - 1, -1, -1):  # smallest first: fewer roundings
+        out += np.ldexp(total[i].astype(np.float64), exponent - LIMB_BITS * (i + 1))
+    return out
+
+
+def topk_limbs(total: np.ndarray, k: int, *, ties: str = "exact-k") -> np.ndarray:
+    """Bool mask of the k largest exact sums (normalized limbs).
+
+    ties "exact-k": exactly k, equal sums broken by the lower index; "keep-all": also every
+    further entry equal to the k-th largest (the reference's `score >= threshold`).
+    """
+    n = total.shape[1]
+    if not 0 <= k <= n:
+        raise ValueError(f"top-k: k={k} outside [0, {n}]")
+    keep = np.zeros(n, dtype=bool)
+    if k == 0:
+        return keep
+    # lexsort is stable and sorts by the last key first: descending sum, then ascending index.
+    order = np.lexsort(tuple(-total[i] for i in range(N_LIMBS - 1, -1, -1)))
+    keep[order[:k]] = True
+    if ties == "keep-all":
+        kth = total[:, order[k - 1]]
+        rest = order[k:]
+        keep[rest[np.all(total[:, rest] == kth[:, None], axis=0)]] = True
+    elif ties != "exact-k":
+        raise ValueError(f"unknown tie rule {ties!r}")
+    return keep

@@ -91,6 +91,7 @@ class Mask:
     kept: torch.Tensor       # bool [n_prunable]
     send_idx: torch.Tensor   # int64, sorted global positions that travel: kept weights + dense rest
     multiplier: torch.Tensor  # float32 [numel]: 0 at pruned weights, 1 elsewhere
+    scores: np.ndarray | None = None  # float32 [n_prunable]: the global score it was chosen from
 
     @property
     def n_kept(self) -> int:
@@ -119,14 +120,14 @@ class Mask:
         return out
 
 
-def make_mask(flat: FlatModel, kept: torch.Tensor) -> Mask:
+def make_mask(flat: FlatModel, kept: torch.Tensor, *, scores: np.ndarray | None = None) -> Mask:
     kept = kept.to(device=flat.flat.device, dtype=torch.bool)
     if kept.numel() != flat.n_prunable:
         raise ValueError(f"mask length {kept.numel()} != number of prunable weights {flat.n_prunable}")
     multiplier = torch.ones(flat.numel, dtype=torch.float32, device=flat.flat.device)
     multiplier[flat.prunable_idx[~kept]] = 0.0
     send_idx = torch.nonzero(multiplier).flatten()
-    return Mask(kept=kept, send_idx=send_idx, multiplier=multiplier)
+    return Mask(kept=kept, send_idx=send_idx, multiplier=multiplier, scores=scores)
 
 
 def dense_mask(flat: FlatModel) -> Mask:

@@ -70,7 +70,7 @@ class StaticWorker:
         # Reused every round: at most min(M, own clients) updates go up from this rank.
         most = min(s.cfg.clients_per_round, len(s.clients))
         self.send = np.empty(most * mask.payload, dtype=np.float32)
-        self.spec = local_spec(s.cfg, s.dataset.augment)
+        self.spec = local_spec(s.cfg, s.dataset)
         # A dense mask needs no multiply: nothing is pruned.
         self.multiplier = mask.multiplier if mask.n_kept < s.flat.n_prunable else None
 

@@ -41,13 +41,79 @@ def test_augment_keeps_shape_and_is_seeded():
 def test_resnet18_is_the_papers_variant():
     net = models.build("resnet18", dataset="cifar10", input_shape=(3, 32, 32), n_classes=10, seed=0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
-    assert sum(isinstance(m, nn.GroupNorm) and m.num_groups == 32 for m in net.modules()) > 0
+    assert sum(isinstance(m, nn.GroupNorm) and m.num_groups == 32 for m in net.modules()) == 20
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
-    assert isinstance(net.maxpool, nn.Identity)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    names = [n for n, _ in net.named_parameters()]
+    assert "layer2.0.shortcut.0.weight" in names and "linear.weight" in names  # the reference's names
     flat = FlatModel(net)
     assert flat.numel == 11_173_962
     assert len(flat.prunable) == 21  # 17 3x3 convs + 3 shortcut 1x1 convs + the classifier
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    tv = models.build("resnet18-torchvision", dataset="cifar10", input_shape=(3, 32, 32), n_classes=10, seed=0)
+    assert FlatModel(tv).numel == flat.numel and isinstance(tv.maxpool, nn.Identity)
+
+
+def test_torchvision_layouts_load_through_the_users_code_path(tmp_path, monkeypatch):
+    from tests.datagen import write
+
+    monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
+    for name, classes, shape in (("cifar10", 10, (3, 32, 32)), ("cifar100", 100, (3, 32, 32)),
+                                 ("mnist", 10, (1, 28, 28)), ("fashionmnist", 10, (1, 28, 28))):
+        write(name, tmp_path, n_train=120, n_test=30, seed=1)
+        ds = data.load(name, root=str(tmp_path), download=False)
+        assert (ds.n_classes, ds.input_shape, len(ds.train_labels)) == (classes, shape, 120), name
+        x, y = ds.test_set()
+        assert x.shape == (30, *shape) and y.max() < classes
+        xs, ys = ds.train_subset(np.array([0, 7]))
+        assert xs.shape == (2, *shape) and ys.tolist() == ds.train_labels[[0, 7]].tolist()
+        assert ds.augment == name.startswith("cifar")
+        # the reference pipeline, ToTensor() then Normalize(mean, std), on torchvision's own item
+        import torchvision.transforms as T
+
+        mean, std = data.STATS[name]
+        tv = data._torchvision_class(name)(str(tmp_path), train=False)
+        expected = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(tv[3][0])
+        assert torch.equal(x[3], expected), name
+
+
+def test_generated_cifar_fails_torchvisions_checksum_without_the_test_switch(tmp_path, monkeypatch):
+    from tests.datagen import write
+
+    monkeypatch.delenv(data.UNVERIFIED_ENV, raising=False)
+    write("cifar10", tmp_path, n_train=20, n_test=10)
+    with pytest.raises(UsageError, match="cifar10 not found under .*checksum"):
+        data.load("cifar10", root=str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "labels", "empty-test"])
+def test_damaged_data_files_are_one_line_errors(tmp_path, monkeypatch, damage):
+    import pickle
+    import struct
+
+    from tests.datagen import write
+
+    monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
+    if damage in ("truncated", "garbage", "labels"):
+        folder = write("cifar10", tmp_path, n_train=20, n_test=10)
+        batch = folder / "data_batch_2"
+        if damage == "truncated":
+            batch.write_bytes(batch.read_bytes()[:100])
+        elif damage == "garbage":
+            batch.write_bytes(b"not a pickle at all")
+        else:
+            entry = pickle.loads(batch.read_bytes())
+            entry["labels"][0] = 10
+            batch.write_bytes(pickle.dumps(entry))
+        name = "cifar10"
+    else:
+        folder = write("mnist", tmp_path, n_train=20, n_test=10)
+        (folder / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 0, 28, 28))
+        (folder / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 0))
+        name = "mnist"
+    with pytest.raises(UsageError) as err:
+        data.load(name, root=str(tmp_path), download=False)
+    assert "\n" not in str(err.value) and name in str(err.value)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ssfl_mpi.methods import METHODS, MaskContext
-from ssfl_mpi.saliency import client_saliency, client_weights, fixed_point_exponent, quantize
+from ssfl_mpi.errors import UsageError
+from ssfl_mpi.saliency import (MAX_CLIENTS, check_client_count, client_saliency, client_weights,
+                               limbs_to_float, normalize_limbs, scale_exponent, to_limbs, topk_limbs)
 from ssfl_mpi.sparse import FlatModel, n_keep, topk_mask
 
 
@@ -47,18 +49,89 @@ def test_client_weights():
     assert np.allclose(client_weights([1, 3], "uniform"), [0.5, 0.5])
 
 
-def test_quantized_sum_is_order_free_and_ranks_like_the_float_sum():
+def _exact(limbs: np.ndarray, e: int) -> list:
+    """The fixed-point value of each entry as an exact Fraction."""
+    from fractions import Fraction
+
+    return [sum(Fraction(int(limbs[i, j])) * Fraction(2) ** (e - 40 * (i + 1)) for i in range(3))
+            for j in range(limbs.shape[1])]
+
+
+def test_limbs_hold_every_float_down_to_2_to_the_minus_67_of_the_max_exactly():
+    from fractions import Fraction
+
     rng = np.random.default_rng(0)
-    parts = [torch.from_numpy(rng.random(1000) * 10.0 ** rng.integers(-6, 3)) for _ in range(7)]
-    e = fixed_point_exponent(max(float(p.max()) for p in parts))
-    q = [quantize(p, e) for p in parts]
-    forward = sum(q[i] for i in range(7))
-    backward = sum(q[i] for i in reversed(range(7)))
-    grouped = (q[0] + q[2] + q[4] + q[6]) + (q[1] + q[3] + q[5])
+    x = rng.random(300) * 2.0 ** rng.integers(-66, 1, size=300)
+    x[:3] = [0.0, 1.0, 2.0 ** -66]
+    e = scale_exponent(float(x.max()))
+    assert x.max() < 2.0 ** e
+    assert _exact(to_limbs(x, e), e) == [Fraction(v) for v in x]
+
+
+def test_limb_sum_is_exact_and_order_free():
+    from fractions import Fraction
+
+    rng = np.random.default_rng(1)
+    parts = [rng.random(200) * 10.0 ** rng.integers(-6, 3) for _ in range(7)]
+    e = scale_exponent(max(float(p.max()) for p in parts))
+    q = [to_limbs(p, e) for p in parts]
+    forward = normalize_limbs(sum(q[i] for i in range(7)))
+    backward = normalize_limbs(sum(q[i] for i in reversed(range(7))))
+    grouped = normalize_limbs((q[0] + q[2] + q[4] + q[6]) + (q[1] + q[3] + q[5]))
     assert np.array_equal(forward, backward) and np.array_equal(forward, grouped)
-    exact = sum(p for p in parts).numpy()
-    assert np.allclose(forward / 2.0 ** e, exact, rtol=0, atol=7 * 2.0 ** -e)
-    assert fixed_point_exponent(0.0) == 0
+    assert np.all(forward[1:] < 2 ** 40) and np.all(forward >= 0)
+    exact = [sum(Fraction(float(p[j])) for p in parts) for j in range(200)]
+    grid = Fraction(2) ** (e - 120)
+    assert all(abs(a - b) <= 7 * grid / 2 for a, b in zip(_exact(forward, e), exact))  # one rounding per client
+    assert np.allclose(limbs_to_float(forward, e), [float(v) for v in exact], rtol=1e-15, atol=0)
+    assert scale_exponent(0.0) == 0
+
+
+def test_topk_of_limbs_ranks_exactly_and_keeps_ties_as_asked():
+    e = 0
+    x = np.array([0.5, 0.25, 0.5, 0.125, 0.5, 0.0])
+    total = normalize_limbs(to_limbs(x, e))
+    assert topk_limbs(total, 2).tolist() == [True, False, True, False, False, False]  # ties: lower index
+    assert topk_limbs(total, 2, ties="keep-all").tolist() == [True, False, True, False, True, False]
+    assert topk_limbs(total, 4, ties="keep-all").sum() == 4 and not topk_limbs(total, 0).any()
+    # values that differ only in the last limb, which a float64 cast would merge
+    a = normalize_limbs(np.array([[5, 5], [0, 0], [2, 1]], dtype=np.int64))
+    assert topk_limbs(a, 1).tolist() == [True, False]
+    with pytest.raises(ValueError):
+        topk_limbs(total, 7)
+
+
+def test_exact_sum_of_5000_clients_gives_the_mask_of_the_float64_sum():
+    """SSFL at 5,000 clients: order-free, and the top-k of the float64 (fsum) sum of the scores."""
+    import math
+
+    rng = np.random.default_rng(2)
+    n, k_clients = 4000, 5000
+    scores = rng.lognormal(-8, 3, size=(k_clients, n)) / k_clients  # p_k = 1/K, wide dynamic range
+    e = scale_exponent(float(scores.max()))
+    limbs = np.zeros((3, n), dtype=np.int64)
+    for s in scores:
+        limbs += to_limbs(s, e)
+    shuffled = np.zeros_like(limbs)
+    for s in scores[rng.permutation(k_clients)]:
+        shuffled += to_limbs(s, e)
+    total = normalize_limbs(limbs)
+    assert np.array_equal(total, normalize_limbs(shuffled))
+    fsum = np.array([math.fsum(scores[:, j]) for j in range(n)])
+    k = n // 2
+    expected = np.zeros(n, dtype=bool)
+    expected[np.argsort(-fsum, kind="stable")[:k]] = True
+    assert np.array_equal(topk_limbs(total, k), expected)
+    assert np.allclose(limbs_to_float(total, e), fsum, rtol=1e-12, atol=0)
+
+
+def test_the_exact_sum_states_its_bound():
+    assert MAX_CLIENTS == 2 ** 23 - 1 > 10 ** 6
+    check_client_count(10 ** 6)
+    with pytest.raises(UsageError, match="at most 8,388,607"):
+        check_client_count(2 ** 23)
+    # the bound holds: MAX_CLIENTS limbs at their largest stay below 2^63
+    assert MAX_CLIENTS * 2 ** 40 + MAX_CLIENTS < 2 ** 63
 
 
 class ThreadCollective:
