@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from . import codec
 from .masks import magnitude_mask, random_mask, vote_mask
-from .saliency import (check_client_count, client_saliency, client_weights, limbs_to_float,
-                       normalize_limbs, scale_exponent, to_limbs, topk_limbs)
+from .saliency import (LimbSum, check_client_count, client_saliency, client_weights, limbs_to_float,
+                       normalize_limbs, scale_exponent, topk_limbs)
 from .seeding import torch_gen
 from .sparse import FlatModel, Mask, dense_mask, make_mask, n_keep, topk_mask
 from .training import LocalSpec, local_train
@@ -98,10 +98,10 @@ class SSFL:
             if cache:
                 kept_scores[cid] = s
         exponent = scale_exponent(ctx.reduce_max(local_max))
-        total = np.zeros((3, ctx.flat.n_prunable), dtype=np.int64)
+        acc = LimbSum(ctx.flat.n_prunable, exponent)
         for cid in scored:
-            s = kept_scores.pop(cid) if cache else self._scores(ctx, cid, weights[cid])
-            total += to_limbs(s, exponent)
+            acc.add(kept_scores.pop(cid) if cache else self._scores(ctx, cid, weights[cid]))
+        total = acc.total
         ctx.reduce_sum_(total)
         total = normalize_limbs(total)
         kept = topk_limbs(total, ctx.k, ties=ctx.topk_ties)

@@ -49,26 +49,27 @@ def client_saliency(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, batch_
     model.eval()
     device = flat.flat.device
     idx = flat.prunable_idx
-    w = flat.flat.detach()[idx]
+    w_abs = flat.flat.detach()[idx].abs_()
     if score == "abs-mean-grad":
         order = torch.randperm(len(y), generator=gen)
         batches = [order[i: i + batch_size] for i in range(0, len(y), batch_size)][:n_batches]
     else:
         batches = [torch.randperm(len(y), generator=gen)[:batch_size] for _ in range(n_batches)]
     flat.zero_grad()
-    total = torch.zeros(flat.n_prunable, dtype=torch.float64, device=device)
+    total = None
     for b in batches:
         xb = x[b] if augment is None else augment(x[b], gen)
         loss = F.cross_entropy(model(xb.to(device)), y[b].to(device))
         if score == "abs-mean-grad":
             (loss / len(batches)).backward()
-        else:
-            loss.backward()
-            total += (flat.grad[idx] * w).abs().double()
-            flat.zero_grad()
+            continue
+        loss.backward()
+        s = torch.index_select(flat.grad, 0, idx).abs_().mul_(w_abs).double()
+        total = s if total is None else total.add_(s)
+        flat.zero_grad()
     if score == "abs-mean-grad":
-        total = (flat.grad[idx] * w).abs().double()
-    else:
+        total = torch.index_select(flat.grad, 0, idx).abs_().mul_(w_abs).double()
+    elif len(batches) > 1:
         total /= len(batches)
     flat.zero_grad()
     model.train(was_training)
@@ -98,21 +99,46 @@ def scale_exponent(global_max: float) -> int:
     return math.frexp(global_max)[1]
 
 
-def to_limbs(scores: np.ndarray | torch.Tensor, exponent: int) -> np.ndarray:
-    """Non-negative float64 scores <= 2^E as int64 [N_LIMBS, n]: value = sum_i limb_i 2^(E - 40 (i+1)).
+class LimbSum:
+    """A running exact sum of non-negative float64 vectors on one fixed-point scale (int64 limbs).
 
-    Each step is exact in float64 (scaling by a power of two, subtracting the integer part);
-    only the last limb is rounded (half to even).
+    Scratch buffers are allocated once: fresh 100 MB temporaries per client cost more in page
+    faults than the arithmetic (measured on ResNet-18: 1.1 s per client against 0.08 s).
     """
-    y = np.ldexp(np.asarray(scores, dtype=np.float64), LIMB_BITS - exponent)
-    if y.size and (y.min() < 0 or y.max() > 2.0 ** LIMB_BITS):
-        raise ValueError("to_limbs: scores must lie in [0, 2^E]")
-    out = np.empty((N_LIMBS, y.size), dtype=np.int64)
-    for i in range(N_LIMBS):
-        part = np.floor(y) if i < N_LIMBS - 1 else np.rint(y)
-        out[i] = part
-        y = np.ldexp(y - part, LIMB_BITS)
-    return out
+
+    def __init__(self, n: int, exponent: int):
+        self.exponent = exponent
+        self.total = np.zeros((N_LIMBS, n), dtype=np.int64)
+        self._y = np.empty(n, dtype=np.float64)
+        self._part = np.empty(n, dtype=np.float64)
+        self._int = np.empty(n, dtype=np.int64)
+
+    def add(self, scores: np.ndarray) -> None:
+        """Add scores in [0, 2^E]: each step is exact in float64 (scaling by a power of two,
+        subtracting the integer part); only the last limb is rounded (half to even)."""
+        y = self._y
+        shift = LIMB_BITS - self.exponent
+        if abs(shift) < 1000:  # a power of two that float64 holds: multiplying by it is exact
+            np.multiply(scores, 2.0 ** shift, out=y)
+        else:
+            np.ldexp(scores, shift, out=y)
+        if y.size and (y.min() < 0 or y.max() > 2.0 ** LIMB_BITS):
+            raise ValueError("LimbSum.add: scores must lie in [0, 2^E]")
+        for i in range(N_LIMBS):
+            (np.floor if i < N_LIMBS - 1 else np.rint)(y, out=self._part)
+            np.copyto(self._int, self._part, casting="unsafe")  # integral values < 2^41: exact
+            self.total[i] += self._int
+            if i < N_LIMBS - 1:
+                y -= self._part
+                y *= 2.0 ** LIMB_BITS
+
+
+def to_limbs(scores: np.ndarray | torch.Tensor, exponent: int) -> np.ndarray:
+    """Non-negative float64 scores <= 2^E as int64 [N_LIMBS, n]: value = sum_i limb_i 2^(E - 40 (i+1))."""
+    scores = np.asarray(scores, dtype=np.float64)
+    acc = LimbSum(scores.size, exponent)
+    acc.add(scores)
+    return acc.total
 
 
 def normalize_limbs(total: np.ndarray) -> np.ndarray:
@@ -138,20 +164,32 @@ def topk_limbs(total: np.ndarray, k: int, *, ties: str = "exact-k") -> np.ndarra
 
     ties "exact-k": exactly k, equal sums broken by the lower index; "keep-all": also every
     further entry equal to the k-th largest (the reference's `score >= threshold`).
+
+    A float64 view v of the sums (relative error < 2^-50) settles all but a thin band around the
+    k-th value t: entries with v > t (1 + 2^-45) are in, those below t (1 - 2^-45) out; only the
+    band is ranked exactly, by limbs then index.
     """
     n = total.shape[1]
     if not 0 <= k <= n:
         raise ValueError(f"top-k: k={k} outside [0, {n}]")
+    if ties not in ("exact-k", "keep-all"):
+        raise ValueError(f"unknown tie rule {ties!r}")
     keep = np.zeros(n, dtype=bool)
     if k == 0:
         return keep
+    v = limbs_to_float(total, 0)
+    t = float(torch.topk(torch.from_numpy(v), k, sorted=False).values.min())
+    band = 2.0 ** -45
+    sure = v > t * (1 + band)
+    border = np.flatnonzero((v >= t * (1 - band)) & ~sure)
+    need = k - int(sure.sum())
+    keep |= sure
+    sub = total[:, border]
     # lexsort is stable and sorts by the last key first: descending sum, then ascending index.
-    order = np.lexsort(tuple(-total[i] for i in range(N_LIMBS - 1, -1, -1)))
-    keep[order[:k]] = True
-    if ties == "keep-all":
-        kth = total[:, order[k - 1]]
-        rest = order[k:]
-        keep[rest[np.all(total[:, rest] == kth[:, None], axis=0)]] = True
-    elif ties != "exact-k":
-        raise ValueError(f"unknown tie rule {ties!r}")
+    order = np.lexsort(tuple(-sub[i] for i in range(N_LIMBS - 1, -1, -1)))
+    keep[border[order[:need]]] = True
+    if ties == "keep-all" and need > 0:
+        kth = sub[:, order[need - 1]]
+        rest = order[need:]
+        keep[border[rest[np.all(sub[:, rest] == kth[:, None], axis=0)]]] = True
     return keep

@@ -15,3 +15,18 @@ def pytest_ignore_collect(collection_path: Path, config):
     if collection_path.name == "mpi" and collection_path.parent == Path(__file__).parent:
         return not launched_by_mpirun()
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets its kind: `unit` (serial, in-process), `multirank` (launches mpiexec) or
+    `mpi` (runs inside an mpiexec-launched pytest). `pytest -m unit` runs the fast ones alone."""
+    from . import launch as launch_module
+
+    for item in items:
+        module = getattr(item, "module", None)
+        if Path(str(item.fspath)).parent.name == "mpi":
+            item.add_marker(pytest.mark.mpi)
+        elif module is not None and getattr(module, "launch", None) is launch_module.launch:
+            item.add_marker(pytest.mark.multirank)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -147,7 +147,8 @@ def test_table_lists_every_variant_with_mean_spread_and_mb(runs):
     files = sorted(str(p) for p in runs["dir"].glob("*3.h5"))
     cells = summarize(files)
     text = markdown(cells)
-    lines = text.splitlines()
+    caption, lines = text.splitlines()[0], text.splitlines()[2:]
+    assert "whole test set" in caption and "each client's own test split" in markdown(cells, metric="client")
     assert lines[0] == "| method | S = 0.8 |"
     labels = [line.split(" | ")[0].lstrip("| ") for line in lines[2:]]
     assert labels[0] == "fedavg (dense)" and len(labels) == len(METHODS)

@@ -140,7 +140,7 @@ def test_bench_comm_writes_every_transport_with_honest_bytes(tmp_path):
     assert np.all(b["median_s"] >= b["min_s"]) and np.all(b["max_s"] >= b["median_s"])
     clients = 2  # one per worker
     assert b["bytes_up"][0] == 20000 * 4 * clients  # dense
-    assert b["bytes_up"][2] == 20000 * 8 * clients  # int64 saliency scores
+    assert b["bytes_up"][2] == 20000 * 24 * clients  # saliency scores as three int64 limbs
     assert b["bytes_up"][3] == 5000 * 4 * clients  # packed values only
     assert b["bytes_up"][4] == (16 + 5000 * 4 + 20000 // 8) * clients  # header + values + bitmap
     assert b["bytes_up"][5] == 5000 * 8 * clients  # int32 index + float32 value

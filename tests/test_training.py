@@ -131,7 +131,9 @@ def test_fedprox_pulls_local_training_towards_the_global_model():
 
 def test_learning_rate_schedules():
     exp = LocalSpec(epochs=1, batch_size=1, lr=0.1, lr_schedule="exp-round", lr_decay=0.998)
-    assert exp.lr_at(1, 0) == 0.1 and np.isclose(exp.lr_at(11, 3), 0.1 * 0.998 ** 10)
+    assert exp.lr_at(1, 0) == 0.1 * 0.998 and np.isclose(exp.lr_at(11, 3), 0.1 * 0.998 ** 11)
+    shifted = LocalSpec(epochs=1, batch_size=1, lr=0.1, lr_schedule="exp-round-shifted", lr_decay=0.998)
+    assert shifted.lr_at(1, 0) == 0.1 and np.isclose(shifted.lr_at(11, 3), 0.1 * 0.998 ** 10)
     cos = LocalSpec(epochs=1, batch_size=1, lr=0.1, lr_schedule="cosine-restarts", lr_period=10, lr_min=1e-5)
     assert cos.lr_at(7, 0) == 0.1 and np.isclose(cos.lr_at(7, 5), (0.1 + 1e-5) / 2)
     assert cos.lr_at(7, 10) == 0.1  # restart after a period
