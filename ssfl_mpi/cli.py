@@ -11,8 +11,9 @@ from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DIS
                      PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
                      make_config)
 from .presets import list_presets, load_preset
-from .table import METRICS
-from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, RunError,
+from .compare import METRICS
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE, Interrupted, RunError,
+                     WriteFailed,
                      UsageError, same_on_every_rank)
 
 
@@ -214,14 +215,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .table import markdown, summarize
+    from . import comm as mpi
+    from .table import render
 
-    with same_on_every_rank():  # every rank reads the same files
-        text = markdown(summarize(args.files), metric=args.metric)
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    with same_on_every_rank():  # every rank reads the same files, so a bad one ends each alike
+        text = render(args.files, metric=args.metric)
+        if args.out and mpi.world_rank() == 0:
+            try:
+                with open(args.out, "w") as fh:
+                    fh.write(text)
+            except OSError as exc:
+                raise UsageError(f"cannot write --out {args.out!r}: {exc.strerror}") from None
+    if mpi.world_rank() == 0:
+        print(text, end="")
     return EXIT_OK
 
 
@@ -236,21 +242,48 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_bench_comm(args: argparse.Namespace) -> int:
     from . import comm as mpi
-    from .bench import comm_benchmark
+    from .bench import MODEL_SIZES, comm_benchmark
 
-    from .bench import MODEL_SIZES
-
-    comm_benchmark(mpi.Comm(spin=args.spin), params=args.params or list(MODEL_SIZES.values()),
+    with same_on_every_rank():
+        for size in args.params or []:
+            if not 1 <= size <= MAX_BENCH_PARAMS:
+                raise UsageError(f"--params must be in [1, {MAX_BENCH_PARAMS:,}] float32 values, got {size}")
+        for d in args.density or []:
+            if not 0 < d <= 1:
+                raise UsageError(f"--density must be in (0, 1], got {d}")
+        for name, value, low in (("--clients-per-worker", args.clients_per_worker, 1), ("--repeat", args.repeat, 1),
+                                 ("--warmup", args.warmup, 0)):
+            if value < low:
+                raise UsageError(f"{name} must be >= {low}, got {value}")
+    world = mpi.Comm(spin=args.spin)
+    _claim_output(world, args.out, args.overwrite)  # before measuring: never lose the figures at the end
+    comm_benchmark(world, params=args.params or list(MODEL_SIZES.values()),
                    densities=args.density or [0.5, 0.1],
                    clients_per_worker=args.clients_per_worker, repeat=args.repeat,
-                   warmup=args.warmup, out=args.out, overwrite=args.overwrite)
+                   warmup=args.warmup, out=args.out, overwrite=True)
     return EXIT_OK
+
+
+MAX_BENCH_PARAMS = 1 << 30  # float32 values per model buffer: 4 GiB, beyond any model here
+
+
+def _claim_output(world, out: str, overwrite: bool) -> None:
+    """Rank 0 checks and claims an output file before a benchmark runs; every rank agrees."""
+    from .results import check_writable, claim
+
+    error = None
+    if world.is_server:
+        try:
+            check_writable(Path(out), overwrite=overwrite)
+            claim(Path(out))
+        except UsageError as exc:
+            error = str(exc)
+    world.agree(error)
 
 
 def cmd_bench_scaling(args: argparse.Namespace) -> int:
     from . import comm as mpi
     from .bench import scaling_benchmark
-    from .results import check_writable
 
     world = mpi.Comm()
     with same_on_every_rank():
@@ -262,13 +295,7 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
                   "clients": args.clients, "clients_per_round": args.clients_per_round, "rounds": args.rounds,
                   "local_epochs": args.local_epochs}
         make_config(dict(values), {})
-    error = None
-    if world.is_server:
-        try:
-            check_writable(Path(args.out), overwrite=args.overwrite)
-        except UsageError as exc:
-            error = str(exc)
-    world.agree(error)
+    _claim_output(world, args.out, args.overwrite)
     scaling_benchmark(world, sizes=sizes, cfg_values=values, out=args.out, overwrite=True)
     return EXIT_OK
 
@@ -294,6 +321,9 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     from . import comm as mpi
 
+    from .lifecycle import STOP
+
+    STOP.install()  # before anything can take long: see lifecycle.StopFlag
     try:
         _setup_logging()
         with same_on_every_rank():
@@ -309,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as exc:
         mpi.report_run_error(str(exc))
         return EXIT_FAILURE
+    except WriteFailed as exc:
+        mpi.report_run_error(str(exc), code=EXIT_WRITE)
+        return EXIT_WRITE
     except BaseException as exc:  # noqa: BLE001 - any other failure ends every rank, traceback once
         if isinstance(exc, SystemExit) and exc.code in (0, None):  # --help
             return EXIT_OK

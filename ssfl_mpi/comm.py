@@ -194,12 +194,12 @@ def _abort(code: int) -> None:
     MPI.COMM_WORLD.Abort(code)
 
 
-def report_run_error(message: str) -> None:
+def report_run_error(message: str, code: int = EXIT_FAILURE) -> None:
     """A run stopped for a reason one line explains (seen on one rank): that line, then end every rank."""
     rank = world_rank()
     os.write(2, (f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n").encode())
     if world_size() > 1:
-        _abort(1)
+        _abort(code)
 
 
 def abort_with_traceback(exc: BaseException) -> None:

@@ -178,11 +178,16 @@ def _check_choice(name: str, value, choices) -> None:
         raise UsageError(f"--{name}: unknown value {value!r} (choose from {', '.join(choices)})")
 
 
+MAX_INT = 2 ** 53  # far beyond any real setting; keeps every count exact in int64 and float64
+
+
 def _check_int(name: str, value, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"--{_flag(name)} must be an integer, got {value!r}")
     if value < minimum:
         raise UsageError(f"--{_flag(name)} must be >= {minimum}, got {value}")
+    if value > MAX_INT:
+        raise UsageError(f"--{_flag(name)} must be <= 2^53, got {value}")
 
 
 def _check_real(name: str, value) -> None:
@@ -205,6 +210,9 @@ def read_toml(path: str | os.PathLike, *, what: str = "config") -> dict:
         raise UsageError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{what} file {str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} file {str(path)!r} is not UTF-8 text (byte {exc.start}): TOML files are "
+                         f"UTF-8") from None
 
 
 def load_toml(path: str | os.PathLike) -> dict:

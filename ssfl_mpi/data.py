@@ -120,15 +120,30 @@ def _torchvision_class(name: str):
     return type(f"Unverified{cls.__name__}", (cls,), unverified)
 
 
+def fetch(name: str, *, root: str) -> None:
+    """--download: torchvision's download of both splits, once, before any rank reads them."""
+    cls = _torchvision_class(name)
+    try:
+        os.makedirs(root, exist_ok=True)
+        for train in (True, False):
+            cls(root, train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError, RuntimeError: one line for all
+        reason = getattr(exc, "reason", None) or exc
+        raise UsageError(f"cannot download {name} into {root!r} ({type(exc).__name__}: {reason}); copy the "
+                         f"files there from a machine with network") from None
+
+
 def _torchvision(name: str, *, root: str, download: bool) -> Dataset:
     cls = _torchvision_class(name)
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
-    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
-        raise UsageError(f"{name} not found under {root!r}, or its files fail torchvision's checksum "
-                         f"({exc}): copy the original files there or pass "
-                         f"--download on a machine with network") from None
+    except RuntimeError as exc:
+        if "not found" in str(exc):  # torchvision's "Dataset not found or corrupted": missing or bad checksum
+            raise UsageError(f"{name} not found under {root!r}, or its files fail torchvision's checksum "
+                             f"({exc}): copy the original files there or pass --download on a machine "
+                             f"with network") from None
+        raise UsageError(f"{name} under {root!r} is unreadable or truncated ({exc}); replace its files") from None
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
             pickle.UnpicklingError) as exc:  # files present but not readable in the expected layout
         raise UsageError(f"{name} under {root!r} is unreadable or truncated "

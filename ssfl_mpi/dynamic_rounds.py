@@ -170,6 +170,7 @@ class DynamicWorker:
             if self.s.comm.any_(self.s.stop.set):
                 raise Interrupted
             self._round(RoundPlan(self.s, r))
+        inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
 
     def _receive(self, plan: RoundPlan) -> dict[int, codec.Message]:
         s, comm = self.s, self.s.comm

@@ -5,7 +5,8 @@ import contextlib
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 3  # SIGTERM/SIGUSR1: stopped at a round boundary, checkpoint written; --resume it
+EXIT_INTERRUPTED = 3  # SIGTERM/SIGUSR1/SIGINT: stopped at a round boundary, checkpoint written; --resume it
+EXIT_WRITE = 4  # the result file could not be written (disk full, I/O error): the last commit is intact
 
 
 class UsageError(Exception):
@@ -23,6 +24,10 @@ class UsageError(Exception):
 
 class RunError(Exception):
     """A run that cannot go on for a reason one line explains (a client sent NaN): exit 1, no traceback."""
+
+
+class WriteFailed(Exception):
+    """Committing the result file failed (disk full, I/O error); the file on disk is the last commit."""
 
 
 class Interrupted(Exception):

@@ -7,12 +7,18 @@ import resource
 import signal
 
 FAULT_ENV = "SSFL_MPI_TEST_FAULT"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopFlag:
-    """Set by SIGTERM or SIGUSR1 (Slurm's warning before the time limit); the ranks agree on it at
-    the next round boundary, so every rank stops after the same round."""
+    """Set by SIGTERM, SIGUSR1 (Slurm's warning before the time limit) or SIGINT; the ranks agree
+    on it at the next round boundary, so every rank stops after the same round.
+
+    One flag for the whole life of the process (`STOP`, installed by the command line before
+    anything else): a signal during start-up, the saliency phase, between two cells of a sweep or
+    after the result is complete sets the flag and never kills the process. Repeated signals
+    change nothing; a run that has completed exits 0 whatever arrived.
+    """
 
     def __init__(self):
         self.signum = 0
@@ -20,7 +26,8 @@ class StopFlag:
 
     def install(self) -> "StopFlag":
         for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            if sig not in self._previous:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -36,25 +43,34 @@ class StopFlag:
         return self.signum != 0
 
 
+STOP = StopFlag()
+
+
 def _faults() -> list[list[str]]:
     """SSFL_MPI_TEST_FAULT: comma-separated faults, each KIND:...; tests only.
 
     RANK:ROUND           raise an exception on that rank at the start of that round
     kill:RANK:ROUND      SIGKILL that rank at the start of that round
-    term:RANK:ROUND      SIGTERM that rank at the start of that round (a graceful stop)
+    term:RANK:ROUND      SIGTERM that rank at the start of that round (a graceful stop); also
+                         usr1: and int: for SIGUSR1 and SIGINT. Round 0 is the setup, before the
+                         mask is found; round R+1 is after the last round.
     nan:CLIENT:ROUND     that client's update carries a NaN
+    diskfull:N:0         the first commit of the result file once it holds N rows fails with ENOSPC
     count:RANK:ROUND     that rank sends one value too few
     """
     spec = os.environ.get(FAULT_ENV, "")
     return [item.split(":") for item in spec.split(",") if item]
 
 
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "usr1": signal.SIGUSR1, "int": signal.SIGINT}
+
+
 def inject_fault(rank: int, r: int) -> None:
     for parts in _faults():
         if parts == [str(rank), str(r)]:
             raise RuntimeError(f"injected fault ({FAULT_ENV}={':'.join(parts)})")
-        if parts[1:] == [str(rank), str(r)] and parts[0] in ("kill", "term"):
-            os.kill(os.getpid(), signal.SIGKILL if parts[0] == "kill" else signal.SIGTERM)
+        if parts[1:] == [str(rank), str(r)] and parts[0] in FAULT_SIGNALS:
+            os.kill(os.getpid(), FAULT_SIGNALS[parts[0]])
 
 
 def poisoned(kind: str, who: int, r: int) -> bool:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import codec
+from .errors import RunError
 from .masks import magnitude_mask, random_mask, vote_mask
 from .saliency import (LimbSum, check_client_count, client_saliency, client_weights, limbs_to_float,
                        normalize_limbs, scale_exponent, topk_limbs)
@@ -94,6 +95,9 @@ class SSFL:
         local_max = 0.0
         for cid in scored:
             s = self._scores(ctx, cid, weights[cid])
+            if not np.isfinite(s).all():
+                raise RunError(f"the saliency of client {cid} is not finite (NaN or Inf at the initial "
+                               f"weights): check its data for NaN/Inf values")
             local_max = max(local_max, float(s.max()) if s.size else 0.0)
             if cache:
                 kept_scores[cid] = s

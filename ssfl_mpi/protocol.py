@@ -15,13 +15,12 @@ from . import comm as mpi
 from . import data, models
 from .config import TORCHVISION_DATASETS, Config
 from .errors import Interrupted, RunError, UsageError
-from .lifecycle import StopFlag, inject_fault, peak_rss_mb
+from .lifecycle import STOP, StopFlag, inject_fault, peak_rss_mb
 from .methods import METHODS, MaskContext
 from .partition import label_counts, partition, proportional_test_split
-from .results import ResultWriter, check_writable
+from .results import ResultWriter, check_writable, claim
 from .seeding import np_rng, sample_clients, torch_seed
 from .sparse import FlatModel, Mask
-from .data import augment_batch
 from .training import LocalSpec, predict, split_accuracy
 
 log = logging.getLogger("ssfl_mpi")
@@ -46,7 +45,7 @@ class Setup:
     test_owner: np.ndarray | None  # the server's: client whose personal split holds each test sample
     model_name: str
     flat: FlatModel
-    stop: StopFlag = field(default_factory=StopFlag)
+    stop: StopFlag = field(default_factory=lambda: STOP)
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,11 @@ def pick_threads(requested: int, ranks_on_node: int) -> int:
     if requested:
         return requested
     if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+        value = os.environ["SLURM_CPUS_PER_TASK"]
+        if not value.strip().isdigit() or int(value) < 1:
+            raise UsageError(f"SLURM_CPUS_PER_TASK={value!r} is not a positive integer: fix the job script "
+                             f"or pass --threads")
+        return int(value)
     cores = len(os.sched_getaffinity(0))
     if cores < (os.cpu_count() or cores):  # the launcher already bound us to our share
         return cores
@@ -92,6 +95,14 @@ def setup(cfg: Config, comm: mpi.Comm, *, resuming: bool = False) -> Setup:
         cfg.check_world(comm.size)
         if comm.is_server:
             check_writable(cfg.out_path(), overwrite=cfg.overwrite or resuming)
+            claim(cfg.out_path())
+            if cfg.download and cfg.dataset in TORCHVISION_DATASETS:  # one rank downloads, the rest wait
+                with Phase(f"download {cfg.dataset} into {cfg.data_root!r}", announce=True):
+                    data.fetch(cfg.dataset, root=cfg.data_root)
+    except UsageError as exc:
+        error = str(exc)
+    comm.agree(error)
+    try:
         result = _setup(cfg, comm)
     except UsageError as exc:
         error = str(exc)
@@ -122,7 +133,7 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
     torch.set_num_threads(threads)
     device = pick_device(cfg.device, comm.local_rank)
     with Phase(f"load {cfg.dataset}", announce=cfg.dataset in TORCHVISION_DATASETS) as ph:
-        ds = data.load(cfg.dataset, root=cfg.data_root, download=cfg.download,
+        ds = data.load(cfg.dataset, root=cfg.data_root, download=False,
                        synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
         ph.detail = f": {len(ds.train_labels)} training samples, {ds.n_classes} classes"
     with Phase(f"partition {cfg.partition} over {cfg.clients} clients") as ph:
@@ -164,7 +175,7 @@ def find_mask(s: Setup) -> Mask:
     augment = None
     if cfg.saliency_input == "augmented" and spec.augment:
         def augment(x, gen):
-            return augment_batch(x, gen, fill=spec.pad_fill)
+            return data.augment_batch(x, gen, fill=spec.pad_fill)
     ctx = MaskContext(flat=s.flat, clients=s.clients, client_sizes=s.sizes, seed=cfg.seed,
                       density=cfg.density, batch_size=cfg.batch_size,
                       saliency_batches=cfg.saliency_batches, saliency_weighting=cfg.saliency_weighting,
@@ -176,6 +187,10 @@ def find_mask(s: Setup) -> Mask:
     with Phase(f"{cfg.method} mask on {s.comm.workers} worker rank(s)", announce=long) as ph:
         mask = method.find_mask(ctx)
         ph.detail = f": {mask.n_kept:,} of {s.flat.n_prunable:,} prunable weights kept (density {mask.density:.4f})"
+    if cfg.method in ("ssfl", "snip-single") and mask.n_kept > ctx.k:
+        log.warning("setup: --topk-ties keep-all kept %d weights tied with the k-th score beyond the k = %d "
+                    "asked for (density %.4f instead of %.4f)", mask.n_kept - ctx.k, ctx.k, mask.density,
+                    cfg.density)
     s.flat.flat.mul_(mask.multiplier)  # the pruned initial weights are zero from here on
     return mask
 
@@ -239,7 +254,12 @@ class ServerBase:
                     "weighting": cfg.saliency_weighting if cfg.method == "ssfl" else "client 0 only",
                     "score": cfg.saliency_score, "input": cfg.saliency_input,
                     "batches": cfg.saliency_batches, "topk_ties": cfg.topk_ties})
-            if self.resume:  # the checkpointed round's row, which a kill may have cut off
+            if not self.resume:
+                # Round 0: the state before any training. From here on a stop or a kill always
+                # leaves a file that --resume accepts, however early it comes.
+                vector, kept = self._state()
+                self.writer.write_checkpoint({"round": 0}, vector=vector, kept=kept)
+            elif self.resume.round > 0:  # the checkpointed round's row, which a kill may have cut off
                 self._finish(dict(self.resume.row))
             self._loop()
             self._write_mask()  # the final mask, for methods whose mask changes
@@ -267,6 +287,7 @@ class ServerBase:
             self._checkpoint(row)
             self.pending = row
         self._finish_previous()
+        inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
 
     def _round(self, r: int) -> dict:
         raise NotImplementedError

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import UsageError
 from .results import READABLE_SCHEMAS, read
-from .table import METRICS, metric_series, variant
+from .compare import METRICS, select
 
 log = logging.getLogger("ssfl_mpi")
 
@@ -49,30 +49,20 @@ def projected_comm_s(bytes_up: float, bytes_down: float, clients: int, latency: 
     return 2 * latency + 8 * (bytes_down + bytes_up) / clients / bandwidth
 
 
-def _load(paths: list[str], metric: str = "acc") -> tuple[list[dict], list[tuple[str, str, int]], list[str]]:
-    runs, incomplete, benches = [], [], []
+def _load(paths: list[str], metric: str = "acc") -> tuple[list[dict], list[tuple[str, str]], list[str]]:
+    """(comparable complete runs, (path, why) of the files left out, benchmark files)."""
+    results, benches = [], []
     for path in paths:
         try:
             with h5py.File(path, "r", locking=False) as f:
                 is_bench = "bench" in f and f.attrs.get("schema") in READABLE_SCHEMAS
         except OSError as exc:
             raise UsageError(f"cannot open {path!r}: {exc}") from None
-        if is_bench:
-            benches.append(path)
-            continue
-        d = read(path)
-        if d["attrs"]["status"] != "complete":
-            incomplete.append((path, d["attrs"]["status"], len(d["rounds"]["round"])))
-            continue
-        acc = metric_series(d["rounds"], metric)
-        if acc is None:
-            incomplete.append((path, f"no {METRICS[metric][0]} column (older schema)", len(d["rounds"]["round"])))
-            continue
-        d["acc"] = acc
-        d["path"] = path
-        d["label"] = variant(d["config"])
-        runs.append(d)
-    return runs, incomplete, benches
+        (benches if is_bench else results).append(path)
+    sel = select(results, metric)
+    runs = [{"path": r.path, "attrs": r.attrs, "config": r.config, "rounds": r.rounds, "acc": r.acc,
+             "label": r.label} for r in sel.runs]
+    return runs, sel.left_out, benches
 
 
 def _cells(runs: list[dict]) -> dict:
@@ -128,6 +118,7 @@ def _markdown(rows: list[dict], incomplete, *, target: float, networks: list[tup
     if networks:
         lines += ["Projected communication per round (each client on its own link, model down then update "
                   "up): " + "; ".join(n[3] for n in networks) + ".", ""]
+    lines += ["Runs share a row only when every setting but the seed is equal; `seeds` is their number.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         reach = f"{r['mb_to_target']:.2f} [{r['reached_target']}]" if r["reached_target"] else "–"
@@ -138,7 +129,7 @@ def _markdown(rows: list[dict], incomplete, *, target: float, networks: list[tup
         lines.append("| " + " | ".join(cells) + " |")
     if incomplete:
         lines += ["", "## Not included", ""]
-        lines += [f"- `{p}`: {s if ' ' in s else 'status ' + s}, {n} rounds" for p, s, n in incomplete]
+        lines += [f"- `{p}`: {why}" for p, why in incomplete]
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +284,13 @@ def report(paths: list[str], *, out: str, target: float, networks: list[str], pl
     runs, incomplete, benches = _load(paths, metric)
     nets = [network(n) for n in networks]
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".ssfl-mpi-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"report --out {out!r} is not a writable folder: {exc.strerror or exc}") from None
     rows = summarize(runs, target=target, networks=nets) if runs else []
     text = (_markdown(rows, incomplete, target=target, networks=nets, metric=metric)
             if runs or incomplete else "# Summary\n")
@@ -309,8 +306,8 @@ def report(paths: list[str], *, out: str, target: float, networks: list[str], pl
             w.writerows(rows)
         if plots:
             _plots(runs, rows, out_dir)
-    for p, s, n in incomplete:
-        log.warning("not included: %s (%s, %d rounds)", p, s, n)
+    for p, why in incomplete:
+        log.warning("not included: %s (%s)", p, why)
     log.info("wrote %s (%d runs, %d incomplete, %d benchmark files)", out_dir / "summary.md", len(runs),
              len(incomplete), len(benches))
     return out_dir / "summary.md"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -12,7 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, WriteFailed
+from .lifecycle import poisoned
 
 SCHEMA = "ssfl-mpi/2"  # 2: client_accuracy, time_eval, /saliency; topk-ties etc. in the config
 READABLE_SCHEMAS = ("ssfl-mpi/1", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
@@ -70,6 +73,46 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
         raise UsageError(f"directory {str(parent)!r} of --out is not writable")
 
 
+_LOCKS: dict = {}  # resolved path -> open lock file of this process
+
+
+def _lock_path(path: Path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
+def claim(path: Path) -> None:
+    """Make this process the only writer of `path` until `release` (or its exit, even by SIGKILL):
+    an exclusive flock on a hidden `.NAME.lock` beside it. A second run, a --resume of a file that
+    a live run writes, or a benchmark aimed at it is refused with one line."""
+    key = str(Path(path).resolve())
+    if key in _LOCKS:
+        return
+    lock = _lock_path(path)
+    try:
+        fh = open(lock, "a+")
+    except OSError as exc:
+        raise UsageError(f"cannot create the lock file {str(lock)!r}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise UsageError(f"{str(path)!r} is being written by another run ({holder}); wait for it or "
+                         f"choose another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    fh.flush()
+    _LOCKS[key] = fh
+
+
+def release(path: Path) -> None:
+    fh = _LOCKS.pop(str(Path(path).resolve()), None)
+    if fh is not None:
+        fh.close()  # closing drops the flock; the hidden lock file stays, to be reused
+
+
 class ResultWriter:
     """Owned by rank 0. The file lives in memory and every commit replaces the file on disk
     atomically (write a temporary file, fsync, rename): a run killed at any moment, even with
@@ -81,6 +124,7 @@ class ResultWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise UsageError(f"result file {str(self.path)!r} exists: choose another --out or pass --overwrite")
+        self.failed = False
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         a = self.f.attrs
         a["schema"] = SCHEMA
@@ -100,6 +144,7 @@ class ResultWriter:
     def reopen(cls, path: Path, *, keep_rounds: int) -> "ResultWriter":
         """Continue a file: its rounds after `keep_rounds` (those past the checkpoint) are dropped."""
         self = cls.__new__(cls)
+        self.failed = False
         self.path = Path(path)
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         with h5py.File(self.path, "r", locking=False) as src:
@@ -109,7 +154,7 @@ class ResultWriter:
                 src.copy(src[name], self.f, name=name)
         for name in self.f["rounds"]:
             ds = self.f["rounds"][name]
-            ds.resize((min(keep_rounds, ds.shape[0]),))
+            ds.resize((max(0, min(keep_rounds, ds.shape[0])),))
         self.f.attrs["status"] = "running"
         self.f.attrs["resumed"] = int(self.f.attrs.get("resumed", 0)) + 1
         if "model" in self.f:
@@ -118,18 +163,31 @@ class ResultWriter:
         return self
 
     def commit(self) -> None:
-        """Replace the file on disk with the in-memory one, atomically."""
+        """Replace the file on disk with the in-memory one, atomically. On failure (disk full, I/O
+        error) the temporary file is removed, the file on disk stays the last commit, and nothing is
+        committed any more: the run ends with WriteFailed (exit 4) and can be resumed."""
+        if self.failed:
+            return
         self.f.flush()
         image = self.f.id.get_file_image()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             with open(tmp, "wb") as fh:
+                if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 fh.write(image)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            raise UsageError(f"cannot write result file {str(self.path)!r}: {exc.strerror}") from None
+            self.failed = True
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; the file "
+                              f"holds the last committed state (continue with --resume once there is room)"
+                              ) from None
 
     @property
     def n_rounds(self) -> int:
@@ -208,14 +266,26 @@ class ResultWriter:
             raise ValueError(f"unknown status {status!r}")
         if not self.f.id.valid:
             return
-        self.f.attrs["status"] = status
-        self.f.attrs["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.commit()
-        self.f.close()
+        try:
+            self.f.attrs["status"] = status
+            self.f.attrs["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            self.commit()
+        finally:
+            self.f.close()
+            release(self.path)
+
+
+# The row a checkpoint carries: everything known before evaluation.
+CHECKPOINT_ROW_FIELDS = set(ROUND_FIELDS) - {"test_accuracy", "test_loss", "client_accuracy",
+                                             "personal_accuracy", "time_eval"}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """config (dict), status, round, vector, kept of a result file to resume; one-line errors."""
+    """config (dict), status, round, vector, kept, row of a result file to resume.
+
+    Everything is validated here, before any rank builds anything and long before the file is
+    rewritten: a damaged file is a one-line usage error that names the defect, and stays as it was.
+    """
     path = str(path)
     try:
         f = h5py.File(path, "r", locking=False)
@@ -224,19 +294,56 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except OSError as exc:
         raise UsageError(f"--resume: {path!r} is not a readable HDF5 file ({exc}); start a new run "
                          f"with --out") from None
+
+    def bad(defect: str) -> UsageError:
+        return UsageError(f"--resume: {path!r} cannot be resumed: {defect}")
+
     with f:
         if f.attrs.get("schema") != SCHEMA or "config" not in f.attrs:
             raise UsageError(f"--resume: {path!r} is not an ssfl-mpi result file of schema {SCHEMA!r} "
                              f"(schema {_plain(f.attrs.get('schema'))!r}); resume it with the version "
                              f"that wrote it")
-        status = _plain(f.attrs["status"])
+        status = _plain(f.attrs.get("status"))
+        if status not in STATUSES:
+            raise bad(f"unknown status {status!r}")
+        try:
+            config = json.loads(_plain(f.attrs["config"]))
+        except (ValueError, TypeError):
+            raise bad("its stored config is not JSON") from None
+        if not isinstance(config, dict) or not isinstance(config.get("rounds"), int):
+            raise bad("its stored config has no round count")
         if "checkpoint" not in f:
-                raise UsageError(f"--resume: {path!r} holds no checkpoint (stopped before its first round "
-                             f"ended): start it again with --overwrite")
+            raise bad("it holds no checkpoint (it was stopped before the setup finished); start it again "
+                      "with --overwrite")
         g = f["checkpoint"]
-        return {"config": json.loads(_plain(f.attrs["config"])), "status": status,
-                "round": int(g.attrs["round"]), "row": json.loads(_plain(g.attrs["row"])),
-                "vector": g["vector"][()], "kept": g["kept"][()]}
+        try:
+            round_ = int(g.attrs["round"])
+            row = json.loads(_plain(g.attrs["row"]))
+            vector, kept = g["vector"][()], g["kept"][()]
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise bad(f"its checkpoint is incomplete or unreadable ({exc})") from None
+        if not 0 <= round_ <= config["rounds"]:
+            raise bad(f"its checkpoint is of round {round_}, outside 0..{config['rounds']}")
+        if not isinstance(row, dict) or row.get("round") != round_ or (
+                round_ > 0 and not CHECKPOINT_ROW_FIELDS <= set(row)):
+            raise bad(f"the row stored with its checkpoint does not belong to round {round_}")
+        if vector.ndim != 1 or vector.dtype != np.float32 or kept.ndim != 1 or kept.dtype != bool:
+            raise bad(f"its checkpoint holds a {vector.dtype} vector of shape {vector.shape} and a "
+                      f"{kept.dtype} mask of shape {kept.shape} (expected 1-D float32 and bool)")
+        if not np.isfinite(vector).all():
+            raise bad(f"its checkpoint vector holds {int((~np.isfinite(vector)).sum())} NaN/Inf values")
+        if "rounds" not in f or "round" not in f["rounds"]:
+            raise bad("it has no /rounds")
+        done = f["rounds"]["round"][()]
+        if not np.array_equal(done, np.arange(1, len(done) + 1)):
+            raise bad("its /rounds/round is not 1, 2, ...")
+        if len(done) < round_ - 1:
+            raise bad(f"its checkpoint is of round {round_} but it holds only {len(done)} rows")
+        lengths = {name: f["rounds"][name].shape[0] for name in f["rounds"]}
+        if set(lengths) != set(ROUND_FIELDS) or len(set(lengths.values())) != 1:
+            raise bad("its /rounds columns are missing or of unequal length")
+        return {"config": config, "status": status, "round": round_, "row": row, "vector": vector,
+                "kept": kept}
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -271,6 +378,19 @@ def write_bench(path: str | os.PathLike, rows: list[dict], samples: list[np.ndar
     """Benchmark rows as columns under /bench, every timed sample under /bench/samples_s."""
     path = Path(path)
     check_writable(path, overwrite=overwrite)
+    claim(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _write_bench(tmp, rows, samples, attrs)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(f"cannot write benchmark file {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        release(path)
+
+
+def _write_bench(path: Path, rows: list[dict], samples: list[np.ndarray], attrs: dict) -> None:
     with h5py.File(path, "w") as f:
         f.attrs["schema"] = SCHEMA
         f.attrs["status"] = "complete"

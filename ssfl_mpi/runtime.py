@@ -10,6 +10,7 @@ import torch
 from . import comm as mpi
 from .config import Config
 from .dynamic_rounds import DynamicServer, DynamicWorker
+from .lifecycle import inject_fault
 from .methods import METHODS
 from .protocol import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
@@ -19,29 +20,39 @@ __all__ = ["run", "setup", "find_mask", "ResumePoint"]
 
 
 def resumed_mask(s: Setup, resume: ResumePoint) -> Mask:
-    """The checkpoint's mask, from the server to every rank; pruned weights zeroed as at the start."""
+    """The checkpoint's mask, from the server to every rank; pruned weights zeroed as at the start.
+
+    The checkpoint's sizes are checked against the model here, collectively, before anything is
+    written: a mismatch ends every rank with one line and leaves the file as it was.
+    """
     kept = np.zeros(s.flat.n_prunable, dtype=np.uint8)
+    error = None
     if s.comm.is_server:
         if resume.kept.size != kept.size:
-            raise RuntimeError(f"checkpoint mask of {resume.kept.size} weights for a model with "
-                               f"{kept.size} prunable weights")
-        kept[:] = resume.kept
+            error = (f"--resume: {str(resume.path)!r} cannot be resumed: its checkpoint mask covers "
+                     f"{resume.kept.size} weights, the model has {kept.size} prunable weights")
+        else:
+            kept[:] = resume.kept
+    s.comm.agree(error)
     s.comm.bcast_(kept)
     mask = make_mask(s.flat, torch.from_numpy(kept.astype(bool)))
     s.flat.flat.detach().mul_(mask.multiplier)
+    if s.comm.is_server:
+        expected = s.flat.numel if METHODS[s.cfg.method].dynamic else mask.payload
+        if resume.vector.size != expected:
+            error = (f"--resume: {str(resume.path)!r} cannot be resumed: its checkpoint vector holds "
+                     f"{resume.vector.size} values, this method and mask need {expected}")
+    s.comm.agree(error)
     return mask
 
 
 def run(cfg: Config, comm: mpi.Comm, resume: ResumePoint | None = None) -> Path | None:
     """Returns the result path on the server, None on workers."""
     s = setup(cfg, comm, resuming=resume is not None)
-    s.stop.install()
-    try:
-        mask = resumed_mask(s, resume) if resume else find_mask(s)
-        dynamic = METHODS[cfg.method].dynamic
-        if comm.is_server:
-            return (DynamicServer if dynamic else StaticServer)(s, mask, resume).run()
-        (DynamicWorker if dynamic else StaticWorker)(s, mask, resume).run()
-        return None
-    finally:
-        s.stop.restore()
+    inject_fault(comm.rank, 0)
+    mask = resumed_mask(s, resume) if resume else find_mask(s)
+    dynamic = METHODS[cfg.method].dynamic
+    if comm.is_server:
+        return (DynamicServer if dynamic else StaticServer)(s, mask, resume).run()
+    (DynamicWorker if dynamic else StaticWorker)(s, mask, resume).run()
+    return None

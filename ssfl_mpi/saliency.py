@@ -109,20 +109,24 @@ class LimbSum:
     def __init__(self, n: int, exponent: int):
         self.exponent = exponent
         self.total = np.zeros((N_LIMBS, n), dtype=np.int64)
-        self._y = np.empty(n, dtype=np.float64)
-        self._part = np.empty(n, dtype=np.float64)
-        self._int = np.empty(n, dtype=np.int64)
+        self._scratch = None  # allocated on the first add: a rank without clients never needs it
 
     def add(self, scores: np.ndarray) -> None:
         """Add scores in [0, 2^E]: each step is exact in float64 (scaling by a power of two,
         subtracting the integer part); only the last limb is rounded (half to even)."""
-        y = self._y
+        n = self.total.shape[1]
+        if np.shape(scores) != (n,):
+            raise ValueError(f"LimbSum.add: {np.shape(scores)} scores for {n} weights")
+        if self._scratch is None:
+            self._scratch = (np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64),
+                             np.empty(n, dtype=np.int64))
+        y, self._part, self._int = self._scratch
         shift = LIMB_BITS - self.exponent
         if abs(shift) < 1000:  # a power of two that float64 holds: multiplying by it is exact
             np.multiply(scores, 2.0 ** shift, out=y)
         else:
             np.ldexp(scores, shift, out=y)
-        if y.size and (y.min() < 0 or y.max() > 2.0 ** LIMB_BITS):
+        if y.size and not (y.min() >= 0 and y.max() <= 2.0 ** LIMB_BITS):  # NaN fails too
             raise ValueError("LimbSum.add: scores must lie in [0, 2^E]")
         for i in range(N_LIMBS):
             (np.floor if i < N_LIMBS - 1 else np.rint)(y, out=self._part)

@@ -80,6 +80,7 @@ class StaticWorker:
             if self.s.comm.any_(self.s.stop.set):
                 raise Interrupted
             self._round(RoundPlan(self.s, r, self.mask.payload))
+        inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
 
     def _round(self, plan: RoundPlan) -> None:
         s, comm, payload = self.s, self.s.comm, self.mask.payload

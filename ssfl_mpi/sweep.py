@@ -95,6 +95,11 @@ def load_grid(name: str, *, validate: bool = True) -> list[Cell]:
                                        **{**options, **point})
             except KeyError as exc:
                 raise UsageError(f"grid name {template!r}: no value for {exc}") from None
+            except (ValueError, IndexError, AttributeError, TypeError) as exc:
+                raise UsageError(f"grid name {template!r} is not a valid format string: {exc}") from None
+            if not name or "/" in name or name in (".", ".."):
+                raise UsageError(f"grid name {template!r} gives the file name {name!r}: it must be a plain "
+                                 f"non-empty name without '/'")
             if name in seen:
                 raise UsageError(f"grid: two cells are both named {name!r}; put the axis that tells "
                                  f"them apart into the name")

@@ -86,7 +86,7 @@ def test_generated_cifar_fails_torchvisions_checksum_without_the_test_switch(tmp
         data.load("cifar10", root=str(tmp_path), download=False)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "labels", "empty-test"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "labels", "empty-test", "truncated-idx"])
 def test_damaged_data_files_are_one_line_errors(tmp_path, monkeypatch, damage):
     import pickle
     import struct
@@ -106,14 +106,20 @@ def test_damaged_data_files_are_one_line_errors(tmp_path, monkeypatch, damage):
             entry["labels"][0] = 10
             batch.write_bytes(pickle.dumps(entry))
         name = "cifar10"
-    else:
+    elif damage == "empty-test":
         folder = write("mnist", tmp_path, n_train=20, n_test=10)
         (folder / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 0, 28, 28))
         (folder / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 0))
         name = "mnist"
+    else:
+        folder = write("fashionmnist", tmp_path, n_train=20, n_test=10)
+        images = folder / "train-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:1000])
+        name = "fashionmnist"
     with pytest.raises(UsageError) as err:
         data.load(name, root=str(tmp_path), download=False)
     assert "\n" not in str(err.value) and name in str(err.value)
+    assert "not found" not in str(err.value)  # present but damaged: never called missing
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])

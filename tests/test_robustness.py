@@ -74,6 +74,39 @@ def test_killed_or_stopped_run_resumes_to_the_uninterrupted_result(reference, tm
     _same_run(reference, resumed)
 
 
+@pytest.mark.parametrize("fault,stopped_after", [
+    ("term:1:0", 0),                             # SIGTERM during setup, before the mask exists
+    ("usr1:0:0", 0),                             # Slurm's warning signal to the server during setup
+    ("int:0:3", 2),                              # SIGINT (Ctrl-C) behaves like SIGTERM: no traceback
+    ("usr1:1:3,usr1:1:3,term:2:3,usr1:0:3", 2),  # repeated signals on every rank: one stop
+])
+def test_every_stop_request_leaves_a_file_that_resumes(reference, tmp_path, fault, stopped_after):
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", str(ROUNDS), "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": fault}, timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    partial = read(path)
+    assert partial["attrs"]["status"] == "interrupted"
+    assert partial["rounds"]["round"].tolist() == list(range(1, stopped_after + 1))
+    assert int(partial["checkpoint"]["vector"].size) > 0
+    with h5py.File(path, "r") as f:
+        assert f["checkpoint"].attrs["round"] == stopped_after
+    proc = launch(3, "run", "--resume", str(path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    _same_run(reference, read(path))
+
+
+def test_a_signal_after_the_last_round_exits_0_with_a_complete_file(reference, tmp_path):
+    path = tmp_path / "r.h5"
+    after = ROUNDS + 1
+    proc = launch(3, "run", *SMALL, "--rounds", str(ROUNDS), "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": f"usr1:0:{after},term:1:{after},usr1:2:{after}"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert read(path)["attrs"]["status"] == "complete"
+    _same_run(reference, read(path))
+
+
 def test_sigkill_at_a_random_moment_leaves_a_readable_file_that_resumes(reference, tmp_path):
     """An external kill -9 of one rank, wherever it lands (between or inside file writes)."""
     path = tmp_path / "r.h5"
@@ -206,12 +239,47 @@ def _files(tmp_path):
     bad_toml.write_text("lr = [\n")
     wrong_type = tmp_path / "type.toml"
     wrong_type.write_text('lr = "fast"\n')
+    stopped = tmp_path / "stopped.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", "3", "--out", str(stopped), env={"SSFL_MPI_TEST_FAULT": "term:0:2"})
+    assert proc.returncode == 3, proc.stderr
+    damaged = {}
+
+    def damage(name, change):
+        path = tmp_path / f"{name}.h5"
+        path.write_bytes(stopped.read_bytes())
+        with h5py.File(path, "a") as f:
+            change(f)
+        damaged[name] = path
+
+    damage("ckpt_round", lambda f: f["checkpoint"].attrs.__setitem__("round", 999))
+    damage("ckpt_nan", lambda f: f["checkpoint"]["vector"].__setitem__(0, np.nan))
+    damage("ckpt_no_vector", lambda f: f["checkpoint"].__delitem__("vector"))
+    damage("ckpt_bad_row", lambda f: f["checkpoint"].attrs.__setitem__("row", "{"))
+    damage("config_not_json", lambda f: f.attrs.__setitem__("config", "nope"))
+
+    def shorter(name):
+        def change(f):
+            data = f["checkpoint"][name][()][:-3]
+            del f["checkpoint"][name]
+            f["checkpoint"].create_dataset(name, data=data)
+        return change
+
+    damage("ckpt_short_vector", shorter("vector"))
+    damage("ckpt_short_mask", shorter("kept"))
+    not_utf8 = tmp_path / "latin1.toml"
+    not_utf8.write_bytes("lr = 0.1\n# caf\xe9\n".encode("latin-1"))
+    bad_grid = tmp_path / "grid.toml"
+    bad_grid.write_text('name = "x{seed"\n[axes]\nseed = [0, 1]\n')
+    slash_grid = tmp_path / "slash.toml"
+    slash_grid.write_text('name = "../{seed}"\n[axes]\nseed = [0, 1]\n')
     a_file = tmp_path / "plainfile"
     a_file.write_text("x")
     empty_root = tmp_path / "emptyroot"
     empty_root.mkdir()
     return {"complete": complete, "truncated": truncated, "foreign": foreign, "unknown_key": unknown_key,
-            "bad_toml": bad_toml, "wrong_type": wrong_type, "a_file": a_file, "empty_root": empty_root}
+            "bad_toml": bad_toml, "wrong_type": wrong_type, "a_file": a_file, "empty_root": empty_root,
+            "stopped": stopped, "not_utf8": not_utf8, "bad_grid": bad_grid, "slash_grid": slash_grid,
+            **damaged}
 
 
 BAD_INPUTS = [  # (id, argv with {file} placeholders, words of the one-line message)
@@ -240,6 +308,21 @@ BAD_INPUTS = [  # (id, argv with {file} placeholders, words of the one-line mess
     ("resume-foreign", ["run", "--resume", "{foreign}"], "is not an ssfl-mpi result file"),
     ("resume-complete", ["run", "--resume", "{complete}"], "already complete"),
     ("table-foreign", ["table", "{foreign}"], "is not an ssfl-mpi result file"),
+    ("config-not-utf8", ["run", "--config", "{not_utf8}"], "is not UTF-8 text"),
+    ("huge-integer", ["run", "--rounds", str(10 ** 30)], "rounds must be <= 2^53"),
+    ("sweep-bad-name", ["sweep", "{bad_grid}"], "is not a valid format string"),
+    ("sweep-name-with-slash", ["sweep", "{slash_grid}"], "without '/'"),
+    ("bench-comm-zero-params", ["bench", "comm", "--params", "0"], "--params must be in [1,"),
+    ("bench-comm-huge-params", ["bench", "comm", "--params", str(10 ** 12)], "--params must be in [1,"),
+    ("bench-comm-density", ["bench", "comm", "--density", "1.5"], "--density must be in (0, 1]"),
+    ("bench-comm-exists", ["bench", "comm", "--params", "10", "--out", "{complete}"], "exists: choose another"),
+    ("resume-checkpoint-round", ["run", "--resume", "{ckpt_round}"], "checkpoint is of round 999, outside 0..3"),
+    ("resume-checkpoint-nan", ["run", "--resume", "{ckpt_nan}"], "vector holds 1 NaN/Inf values"),
+    ("resume-checkpoint-no-vector", ["run", "--resume", "{ckpt_no_vector}"], "checkpoint is incomplete"),
+    ("resume-checkpoint-bad-row", ["run", "--resume", "{ckpt_bad_row}"], "checkpoint is incomplete"),
+    ("resume-config-not-json", ["run", "--resume", "{config_not_json}"], "stored config is not JSON"),
+    ("resume-short-vector", ["run", "--resume", "{ckpt_short_vector}"], "this method and mask need"),
+    ("resume-short-mask", ["run", "--resume", "{ckpt_short_mask}"], "its checkpoint mask covers"),
 ]
 
 
@@ -291,3 +374,51 @@ def test_bench_soak_reports_memory_and_time_early_and_late(tmp_path):
     assert r["attrs"]["status"] == "complete" and len(r["rounds"]["round"]) == 12
     bad = launch(3, "bench", "soak", "--rounds", "12", "--early", "12", "--out", str(out), timeout=30)
     assert bad.returncode == 2 and "--early must be in" in bad.stderr
+
+
+def test_malformed_slurm_cpus_per_task_is_one_line_on_every_rank(tmp_path):
+    proc = launch(3, "run", *SMALL[:4], "--rounds", "1", "--out", str(tmp_path / "r.h5"),
+                  env={"SLURM_CPUS_PER_TASK": "two"}, timeout=30)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 3 and all("SLURM_CPUS_PER_TASK='two' is not a positive integer" in ln for ln in lines)
+
+
+def test_one_writer_per_result_file(tmp_path):
+    """A second run on the same --out, or a --resume of a file a live run writes, is refused; the live
+    run goes on and is then stopped cleanly."""
+    path = tmp_path / "r.h5"
+    cmd = [mpiexec(), "-n", "3", sys.executable, "-m", "ssfl_mpi", "run", *SMALL, "--rounds", "400",
+           "--out", str(path)]
+    live = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MPIEXEC_TIMEOUT": "120"})
+    try:
+        for line in live.stdout:
+            if line.startswith("round    2"):
+                break
+        second = launch(3, "run", *SMALL, "--rounds", "2", "--out", str(path), "--overwrite", timeout=30)
+        assert second.returncode == 2 and "is being written by another run (pid" in second.stderr
+        resume = launch(3, "run", "--resume", str(path), timeout=30)
+        assert resume.returncode == 2 and "is being written by another run" in resume.stderr
+        assert live.poll() is None  # untouched by either
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.wait(timeout=60)
+    assert live.returncode == 3
+    assert read(path)["attrs"]["status"] == "interrupted"
+
+
+def test_disk_full_ends_the_run_with_exit_4_and_a_resumable_file(reference, tmp_path):
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", *SMALL, "--rounds", str(ROUNDS), "--out", str(path),
+                  env={"SSFL_MPI_TEST_FAULT": "diskfull:3:0"}, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssfl-mpi:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "--resume" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["r.h5"]  # no .tmp
+    partial = read(path)
+    assert partial["attrs"]["status"] == "running" and partial["rounds"]["round"].tolist() == [1, 2]
+    proc = launch(3, "run", "--resume", str(path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    _same_run(reference, read(path))

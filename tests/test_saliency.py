@@ -220,3 +220,15 @@ def test_ssfl_mask_is_topk_of_the_weighted_score_sum():
     assert torch.equal(mask.kept, expected)
     uniform = METHODS["ssfl"].find_mask(MaskContext(**{**ctx.__dict__, "saliency_weighting": "uniform"}))
     assert not torch.equal(uniform.kept, mask.kept)  # the weighting matters on unbalanced clients
+
+
+def test_non_finite_saliency_is_a_one_line_run_error():
+    from ssfl_mpi.errors import RunError
+
+    clients = _clients()
+    clients[2][0][0, 0] = float("nan")
+    sizes = np.array([len(clients[k][1]) for k in range(5)])
+    ctx = MaskContext(flat=FlatModel(_net()), clients=clients, client_sizes=sizes, seed=0, density=0.3,
+                      batch_size=64)
+    with pytest.raises(RunError, match="saliency of client 2 is not finite"):
+        METHODS["ssfl"].find_mask(ctx)
