@@ -70,6 +70,8 @@ RUN_OPTIONS = [
     ("--eval-every", int, "evaluate the global model every N rounds (and the last)"),
     ("--checkpoint-every", int, "write the state to resume from every N rounds (and the last)"),
     ("--on-nonfinite", ("stop", "skip"), "a client update with NaN/Inf: stop the run, or leave it out"),
+    ("--liveness-timeout", float, "seconds without a sign of life from a rank before the job is ended "
+     "naming it (0: wait forever)"),
     ("--threads", int, "torch threads per rank (0: cores on the node / ranks on it)"),
     ("--device", DEVICES, "auto: a GPU per rank round-robin when CUDA is present"),
     ("--out", str, "result file (.h5); default results/<method>_<dataset>_s<S>_seed<seed>.h5"),
@@ -181,6 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resume = None
     if args.resume:
         cfg, resume = resume_point(world, args.resume, base, options)
+    world.set_liveness(cfg.liveness_timeout)
     path = run(cfg, world, resume)
     if path is not None:
         logging.getLogger("ssfl_mpi").info("wrote %s", path)
@@ -205,12 +208,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import comm as mpi
     from .report import report
 
-    if mpi.world_rank() == 0:  # one writer; a report needs no MPI
-        with same_on_every_rank():
-            if not 0 < args.target <= 1:
-                raise UsageError(f"--target must be in (0, 1], got {args.target}")
-            report(args.files, out=args.out, target=args.target, networks=args.network,
-                   plots=not args.no_plots, metric=args.metric)
+    with same_on_every_rank():  # every rank validates the same inputs; rank 0 alone writes
+        if not 0 < args.target <= 1:
+            raise UsageError(f"--target must be in (0, 1], got {args.target}")
+        report(args.files, out=args.out, target=args.target, networks=args.network,
+               plots=not args.no_plots, metric=args.metric, write=mpi.world_rank() == 0)
     return EXIT_OK
 
 
@@ -337,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "is written: continue with --resume")
         return EXIT_INTERRUPTED
     except RunError as exc:
-        mpi.report_run_error(str(exc))
-        return EXIT_FAILURE
+        code = getattr(exc, "code", EXIT_FAILURE)  # a worker repeating the server's last word keeps its code
+        mpi.report_run_error(str(exc), code=code)
+        return code
     except WriteFailed as exc:
         mpi.report_run_error(str(exc), code=EXIT_WRITE)
         return EXIT_WRITE

@@ -11,9 +11,13 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-from .errors import EXIT_FAILURE, EXIT_USAGE, UsageError
+from . import lifecycle
+from .errors import EXIT_FAILURE, EXIT_USAGE, RemoteFailure, Unresponsive, UsageError
 
 SERVER = 0
+HEARTBEAT_TAG = 17
+FATAL_TAG = 18  # the server's last word to the workers: exit code byte + one line of UTF-8
+DEFAULT_LIVENESS_S = 300.0  # --liveness-timeout: far above any pause of a live rank (an evaluation batch)
 
 
 class Comm:
@@ -25,7 +29,8 @@ class Comm:
     with a spinning server, 0.38 s with a polling one. `spin=True` restores plain blocking waits.
     """
 
-    def __init__(self, comm: MPI.Comm | None = None, *, spin: bool = False):
+    def __init__(self, comm: MPI.Comm | None = None, *, spin: bool = False,
+                 liveness_s: float = DEFAULT_LIVENESS_S):
         self.comm = (comm if comm is not None else MPI.COMM_WORLD).Dup()
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
@@ -34,7 +39,22 @@ class Comm:
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
+        self.hosts = self.comm.allgather(socket.gethostname())
         self.seconds = 0.0  # wall time spent in collectives since the last reset_timer()
+        self._live = _Liveness(self.comm.Dup(), self.rank, self.size, self.hosts)
+        self.set_liveness(liveness_s)
+        global _PRIMARY
+        if liveness_s:
+            _PRIMARY = self._live
+
+    def set_liveness(self, seconds: float) -> None:
+        """Declare a peer dead after this long without a sign of life (0: never); see _Liveness.
+        The communicator with a timeout is the one whose heartbeats lifecycle.alive() sends."""
+        self._live.timeout = float(seconds) if self.size > 1 else 0.0
+        if self._live.timeout:
+            lifecycle.set_heartbeat(self._live.beat)
+        elif lifecycle.heartbeat() == self._live.beat:
+            lifecycle.set_heartbeat(None)
 
     @property
     def is_server(self) -> bool:
@@ -50,21 +70,29 @@ class Comm:
 
     def _wait(self, request: MPI.Request) -> None:
         t0 = time.perf_counter()
-        if self.spin:
+        if self.spin and not self._live.timeout:
             request.Wait()
         else:
             pause = 1e-5
             while not request.Test():
-                time.sleep(pause)
-                pause = min(pause * 2, 2e-4)
+                if not self.spin:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 2e-4)
+                lifecycle.alive()  # this rank lives, also while it waits inside a sub-communicator
+                self._live.check()
         self.seconds += time.perf_counter() - t0
 
     # --- control data (small, pickled) -------------------------------------------------
     def agree(self, error: str | None) -> None:
-        """Collective: raise the same UsageError on every rank if any rank had one."""
+        """Collective: raise the same UsageError on every rank if any rank had one.
+
+        A polled flag first, so that a rank that stopped responding cannot hang the others here."""
+        flag = np.array([int(error is not None)], dtype=np.int64)
+        self._wait(self.comm.Iallreduce(MPI.IN_PLACE, flag, op=MPI.MAX))
+        if not flag[0]:
+            return
         first = next((e for e in self.comm.allgather(error) if e is not None), None)
-        if first is not None:
-            raise UsageError(first, collective=True)
+        raise UsageError(first, collective=True)
 
     def bcast_object(self, obj):
         return self.comm.bcast(obj, root=SERVER)
@@ -145,11 +173,89 @@ class Comm:
         sub = self.comm.Split(0 if self.rank < n else MPI.UNDEFINED, self.rank)
         if sub == MPI.COMM_NULL:
             return None
-        out = Comm(sub, spin=self.spin)
+        out = Comm(sub, spin=self.spin, liveness_s=0)  # the world's heartbeats go on meanwhile
         sub.Free()
         return out
 
     def free(self) -> None:
+        if self.comm != MPI.COMM_NULL:
+            self.comm.Free()
+        self._live.free()
+
+
+class _Liveness:
+    """Heartbeats on their own communicator: the server and each worker send each other an empty
+    message at most every `interval` seconds, from every polled wait and, through
+    lifecycle.alive(), from every training step, scored client and evaluated batch. A rank that
+    hears nothing from a peer (a worker: from the server; the server: from any worker) for
+    `timeout` seconds ends the job naming that peer and its host: a rank stopped by SIGSTOP,
+    swapped out or on a lost node can no longer hang a run."""
+
+    def __init__(self, comm: MPI.Comm, rank: int, size: int, hosts: list[str]):
+        self.comm, self.rank, self.hosts = comm, rank, hosts
+        self.peers = list(range(1, size)) if rank == SERVER else [SERVER]
+        self.timeout = 0.0
+        now = time.monotonic()
+        self.heard = {p: now for p in self.peers}
+        self.last_beat = self.last_check = 0.0
+        self.sends: list = []
+        self.token = np.zeros(1, dtype=np.uint8)
+        self.inbox = np.zeros(1, dtype=np.uint8)
+        self.status = MPI.Status()
+
+    @property
+    def interval(self) -> float:
+        return min(1.0, self.timeout / 10)
+
+    def beat(self) -> None:
+        if not self.timeout:
+            return
+        now = time.monotonic()
+        if now - self.last_beat < self.interval:
+            return
+        self.last_beat = now
+        self.sends = [r for r in self.sends if not r.Test()]
+        if len(self.sends) < 64 * len(self.peers):  # a dead peer's queue is not ours to grow
+            self.sends += [self.comm.Isend([self.token, MPI.BYTE], dest=p, tag=HEARTBEAT_TAG) for p in self.peers]
+        self._drain(now)
+
+    def _drain(self, now: float) -> None:
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=HEARTBEAT_TAG, status=self.status):
+            src = self.status.Get_source()
+            self.comm.Recv([self.inbox, MPI.BYTE], source=src, tag=HEARTBEAT_TAG)
+            self.heard[src] = now
+        if self.rank != SERVER and self.comm.Iprobe(source=SERVER, tag=FATAL_TAG, status=self.status):
+            buf = np.empty(self.status.Get_count(MPI.BYTE), dtype=np.uint8)
+            self.comm.Recv([buf, MPI.BYTE], source=SERVER, tag=FATAL_TAG)
+            raise RemoteFailure(bytes(buf[1:]).decode(errors="replace"), int(buf[0]))
+
+    def tell_workers(self, message: str, code: int, *, wait_s: float = 1.0) -> None:
+        """The server's one-line reason to end, sent to every worker (which repeats it and exits
+        with the same code); waits at most wait_s for the sends, never for a dead worker."""
+        if self.rank != SERVER or not self.timeout:
+            return
+        buf = np.frombuffer(bytes([code]) + message.encode(), dtype=np.uint8).copy()
+        sends = [self.comm.Isend([buf, MPI.BYTE], dest=p, tag=FATAL_TAG) for p in self.peers]
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not MPI.Request.Testall(sends):
+            time.sleep(1e-3)
+
+    def check(self) -> None:
+        if not self.timeout:
+            return
+        now = time.monotonic()
+        if now - self.last_check < self.interval:
+            return
+        self.last_check = now
+        self._drain(now)
+        peer, last = min(self.heard.items(), key=lambda kv: kv[1])
+        if now - last > self.timeout:
+            raise Unresponsive(f"rank {peer} on {self.hosts[peer]} stopped responding: no sign of life for "
+                               f"{now - last:.0f} s (--liveness-timeout {self.timeout:g}); the result file "
+                               f"holds the last checkpoint: continue with --resume")
+
+    def free(self) -> None:
+        self.sends = []  # small sends complete on their own; nothing waits for them
         if self.comm != MPI.COMM_NULL:
             self.comm.Free()
 
@@ -194,11 +300,18 @@ def _abort(code: int) -> None:
     MPI.COMM_WORLD.Abort(code)
 
 
+_PRIMARY = None  # the liveness channel of the run's communicator, for the server's last word
+
+
 def report_run_error(message: str, code: int = EXIT_FAILURE) -> None:
-    """A run stopped for a reason one line explains (seen on one rank): that line, then end every rank."""
+    """A run stopped for a reason one line explains: that line, then end every rank. On the server
+    the line goes to every worker first (through the liveness channel), so each rank prints it."""
     rank = world_rank()
     os.write(2, (f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n").encode())
     if world_size() > 1:
+        if rank == SERVER and _PRIMARY is not None:
+            _PRIMARY.tell_workers(message, code)
+            time.sleep(2.0)  # the workers see it at their next step or poll (a second apart, or one step)
         _abort(code)
 
 

@@ -108,6 +108,8 @@ def check_run(path: str, d: dict) -> None:
     for key in ("rounds", "seed", "clients", "method"):
         if key not in d["config"]:
             raise UsageError(f"{path!r}: its stored config has no {key!r}")
+    if "sparsity" not in d["attrs"]:
+        raise UsageError(f"{path!r}: no sparsity attribute (not a complete ssfl-mpi result file)")
 
 
 def select(paths: list[str], metric: str = "acc") -> Selection:

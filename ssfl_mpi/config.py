@@ -72,6 +72,7 @@ class Config:
     eval_every: int = 1
     checkpoint_every: int = 1  # rounds between checkpoints in the result file (and the last round)
     on_nonfinite: str = "stop"  # a client update with NaN/Inf: stop the run, or skip that client
+    liveness_timeout: float = 300.0  # seconds without a sign of life before a rank is declared gone (0: never)
     threads: int = 0  # 0: cores of this node divided by ranks on it
     device: str = "auto"
     out: str = ""  # empty: results/<method>_<dataset>_s<sparsity>_seed<seed>.h5
@@ -118,7 +119,7 @@ class Config:
             raise UsageError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.lr_min < self.lr:
             raise UsageError(f"--lr-min must be in [0, --lr), got {self.lr_min}")
-        for name in ("momentum", "weight_decay", "grad_clip", "prox_mu"):
+        for name in ("momentum", "weight_decay", "grad_clip", "prox_mu", "liveness_timeout"):
             value = getattr(self, name)
             _check_real(name, value)
             if value < 0:
@@ -196,7 +197,8 @@ def _check_real(name: str, value) -> None:
 
 
 # Where and how a run executes, not what it computes: a resumed run may change these.
-RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite", "checkpoint_every")
+RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite", "checkpoint_every",
+                "liveness_timeout")
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 

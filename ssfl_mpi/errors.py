@@ -26,6 +26,18 @@ class RunError(Exception):
     """A run that cannot go on for a reason one line explains (a client sent NaN): exit 1, no traceback."""
 
 
+class RemoteFailure(RunError):
+    """The server ended the run for a reason one line explains; every worker repeats that line."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class Unresponsive(RunError):
+    """A rank gave no sign of life for longer than --liveness-timeout: the job is ended."""
+
+
 class WriteFailed(Exception):
     """Committing the result file failed (disk full, I/O error); the file on disk is the last commit."""
 

@@ -45,6 +45,25 @@ class StopFlag:
 
 STOP = StopFlag()
 
+# Long computations call alive() (every training step, every scored client, every evaluated batch)
+# so that the communication layer can tell the other ranks this one still lives. No MPI here: the
+# comm layer registers what alive() does.
+_heartbeat = None
+
+
+def set_heartbeat(fn) -> None:
+    global _heartbeat
+    _heartbeat = fn
+
+
+def heartbeat():
+    return _heartbeat
+
+
+def alive() -> None:
+    if _heartbeat is not None:
+        _heartbeat()
+
 
 def _faults() -> list[list[str]]:
     """SSFL_MPI_TEST_FAULT: comma-separated faults, each KIND:...; tests only.
@@ -52,7 +71,8 @@ def _faults() -> list[list[str]]:
     RANK:ROUND           raise an exception on that rank at the start of that round
     kill:RANK:ROUND      SIGKILL that rank at the start of that round
     term:RANK:ROUND      SIGTERM that rank at the start of that round (a graceful stop); also
-                         usr1: and int: for SIGUSR1 and SIGINT. Round 0 is the setup, before the
+                         usr1:, int: and stop: for SIGUSR1, SIGINT and SIGSTOP (a rank that
+                         stops responding). Round 0 is the setup, before the
                          mask is found; round R+1 is after the last round.
     nan:CLIENT:ROUND     that client's update carries a NaN
     diskfull:N:0         the first commit of the result file once it holds N rows fails with ENOSPC
@@ -62,7 +82,8 @@ def _faults() -> list[list[str]]:
     return [item.split(":") for item in spec.split(",") if item]
 
 
-FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "usr1": signal.SIGUSR1, "int": signal.SIGINT}
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "usr1": signal.SIGUSR1, "int": signal.SIGINT,
+                 "stop": signal.SIGSTOP}
 
 
 def inject_fault(rank: int, r: int) -> None:

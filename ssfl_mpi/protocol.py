@@ -20,7 +20,7 @@ from .methods import METHODS, MaskContext
 from .partition import label_counts, partition, proportional_test_split
 from .results import ResultWriter, check_writable, claim
 from .seeding import np_rng, sample_clients, torch_seed
-from .sparse import FlatModel, Mask
+from .sparse import FlatModel, Mask, n_keep
 from .training import LocalSpec, predict, split_accuracy
 
 log = logging.getLogger("ssfl_mpi")
@@ -156,6 +156,10 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
                            n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
         flat = FlatModel(net, device)
         ph.detail = f": {flat.numel:,} parameters, {flat.n_prunable:,} prunable, on {device}"
+    if METHODS[cfg.method].sparse and n_keep(cfg.density, flat.n_prunable) == 0:
+        raise UsageError(f"--sparsity {cfg.sparsity} keeps 0 of the {flat.n_prunable:,} prunable weights of "
+                         f"{model_name}: the model could not learn; use a sparsity below "
+                         f"{1 - 1 / flat.n_prunable:.9f}")
     return Setup(cfg=cfg, comm=comm, device=device, threads=threads, dataset=ds, sizes=sizes,
                  label_counts=counts, home=home, clients=clients, test=test, test_owner=owner,
                  model_name=model_name, flat=flat)

@@ -280,9 +280,12 @@ def _bench_md(paths: list[str]) -> str:
 
 
 def report(paths: list[str], *, out: str, target: float, networks: list[str], plots: bool = True,
-           metric: str = "acc") -> Path:
+           metric: str = "acc", write: bool = True) -> Path:
+    """Validate the inputs and options; with write, render summary.md, summary.csv and plots to `out`."""
     runs, incomplete, benches = _load(paths, metric)
     nets = [network(n) for n in networks]
+    if not write:
+        return Path(out) / "summary.md"
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,8 @@ def _versions() -> dict:
 
 def check_writable(path: Path, *, overwrite: bool) -> None:
     """Refuse before any training: an existing result is never overwritten silently."""
+    if path.is_dir():
+        raise UsageError(f"--out {str(path)!r} is a directory: name a file, e.g. {str(path / 'run.h5')!r}")
     if path.exists() and not overwrite:
         raise UsageError(f"result file {str(path)!r} exists: choose another --out or pass --overwrite")
     parent = path.parent
@@ -356,12 +358,22 @@ def read(path: str | os.PathLike) -> dict:
         if _plain(f.attrs.get("schema")) not in READABLE_SCHEMAS:
             raise UsageError(f"{str(path)!r} is not an ssfl-mpi result file (schema "
                              f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
-        out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
-               "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
-        out["config"] = json.loads(out["attrs"]["config"])
-        for group in ("mask", "partition", "model", "checkpoint", "saliency"):
-            if group in f:
-                out[group] = {k: f[group][k][()] for k in f[group]}
+        if "bench" in f:
+            raise UsageError(f"{str(path)!r} is a benchmark file, not a run's result file")
+        try:
+            out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
+                   "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
+            config = json.loads(out["attrs"]["config"])
+            if not isinstance(config, dict):
+                raise ValueError("config is not a JSON object")
+            out["config"] = config
+            out["attrs"]["status"]  # noqa: B018 - presence check
+            for group in ("mask", "partition", "model", "checkpoint", "saliency"):
+                if group in f:
+                    out[group] = {k: f[group][k][()] for k in f[group]}
+        except (KeyError, ValueError, TypeError, OSError, AttributeError) as exc:
+            raise UsageError(f"{str(path)!r} is a damaged ssfl-mpi result file ({type(exc).__name__}: "
+                             f"{exc})") from None
         return out
 
 

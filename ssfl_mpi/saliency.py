@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .lifecycle import alive
 from .sparse import FlatModel
 
 SCORES = ("abs-mean-grad", "mean-abs")
@@ -60,6 +61,7 @@ def client_saliency(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, batch_
     for b in batches:
         xb = x[b] if augment is None else augment(x[b], gen)
         loss = F.cross_entropy(model(xb.to(device)), y[b].to(device))
+        alive()
         if score == "abs-mean-grad":
             (loss / len(batches)).backward()
             continue

@@ -147,10 +147,12 @@ def run_sweep(world, cells: list[Cell], *, only: int | None = None) -> dict:
                  "starting" if status == "missing" else f"{status}, resuming")
         if status == "missing":
             cfg = make_config(dict(cell.options), {"out": str(cell.path)})
+            world.set_liveness(cfg.liveness_timeout)
             run(cfg, world)
             done["ran"] += 1
         else:
             cfg, point = resume_point(world, str(cell.path), dict(cell.options), {})
+            world.set_liveness(cfg.liveness_timeout)
             run(cfg, world, point)
             done["resumed"] += 1
     log.info("sweep: %d run, %d resumed, %d already complete", done["ran"], done["resumed"], done["skipped"])

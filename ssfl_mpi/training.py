@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import augment_batch
+from .lifecycle import alive
 from .sparse import FlatModel
 
 
@@ -104,6 +105,7 @@ def local_train(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, spec: Loca
             if grad_sq is not None:
                 grad_sq.addcmul_(flat.grad, flat.grad)
             buf = sgd_step(w, flat.grad, multiplier, buf, spec, lr=lr, anchor=anchor)
+            alive()
             total += loss.detach() * len(idx)  # stays on the device: no sync per step
             seen += len(idx)
     flat.zero_grad()
@@ -122,6 +124,7 @@ def predict(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *,
         xb, yb = x[i: i + batch_size].to(device), y[i: i + batch_size].to(device)
         out = model(xb)
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        alive()
         correct.append((out.argmax(1) == yb).cpu())
     return torch.cat(correct), loss
 
