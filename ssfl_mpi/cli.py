@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Interrupted:
         logging.getLogger("ssfl_mpi").info("stopped by a signal at a round boundary; the checkpoint "
-                                               "is written: continue with --resume")
+                                           "is written: continue with --resume (a sweep: run it again)")
         return EXIT_INTERRUPTED
     except RunError as exc:
         code = getattr(exc, "code", EXIT_FAILURE)  # a worker repeating the server's last word keeps its code

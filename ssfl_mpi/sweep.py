@@ -22,16 +22,18 @@ A grid file:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import FIELD_NAMES, make_config, read_toml
+from .config import FIELD_NAMES, Config, make_config, read_toml
 from .errors import UsageError
 from .presets import load_preset
 
 GRID_KEYS = {"out_dir", "name", "base", "axes", "variants"}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}  # names may use any option's value
 VARIANT_KEYS = {"label", "name", "axes"}
 
 
@@ -92,7 +94,7 @@ def load_grid(name: str, *, validate: bool = True) -> list[Cell]:
             index = len(cells)
             try:
                 name = template.format(index=index, label=v.get("label", options.get("method", "")),
-                                       **{**options, **point})
+                                       **{**DEFAULTS, **options, **point})
             except KeyError as exc:
                 raise UsageError(f"grid name {template!r}: no value for {exc}") from None
             except (ValueError, IndexError, AttributeError, TypeError) as exc:

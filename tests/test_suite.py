@@ -94,6 +94,22 @@ def test_an_interrupted_sweep_resumes_its_cell_and_runs_the_rest(tmp_path):
     assert not (tmp_path / "out" / "ssfl_s0.8_seed0.h5").exists()  # --cell ran that cell only
 
 
+def test_a_signal_between_two_cells_stops_the_sweep_resumably(tmp_path):
+    """SIGUSR1 right after cell 0's last round (Slurm's warning between cells): cell 0 stays complete,
+    the next cell stops before its round 1 with a round-0 checkpoint, exit 3; the sweep run again
+    skips cell 0 and finishes the rest."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(TINY.format(out=tmp_path / "out"))
+    proc = launch(3, "sweep", str(grid), env={"SSFL_MPI_TEST_FAULT": "usr1:0:4"}, timeout=90)
+    assert proc.returncode == 3, proc.stderr
+    assert read(tmp_path / "out" / "ssfl_s0.5_seed0.h5")["attrs"]["status"] == "complete"
+    second = read(tmp_path / "out" / "ssfl_s0.8_seed0.h5")
+    assert second["attrs"]["status"] == "interrupted" and len(second["rounds"]["round"]) == 0
+    proc = launch(3, "sweep", str(grid), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 resumed, 1 already complete" in proc.stdout
+
+
 @pytest.mark.parametrize("text,message", [
     ('colour = "red"\n', "unknown keys ['colour']"),
     ('[base]\nlearning_rate = 0.1\n', "unknown run option 'learning_rate'"),
