@@ -18,12 +18,15 @@ def pytest_ignore_collect(collection_path: Path, config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test gets its kind: `unit` (serial, in-process), `multirank` (launches mpiexec) or
-    `mpi` (runs inside an mpiexec-launched pytest). `pytest -m unit` runs the fast ones alone."""
+    """Every test gets its kind: `unit` (serial, in-process), `multirank` (launches mpiexec),
+    `mpi` (runs inside an mpiexec-launched pytest) or `slurm` (submits jobs to a real Slurm).
+    `pytest -m unit` runs the fast ones alone."""
     from . import launch as launch_module
 
     for item in items:
         module = getattr(item, "module", None)
+        if item.get_closest_marker("slurm"):
+            continue  # the module marks itself
         if Path(str(item.fspath)).parent.name == "mpi":
             item.add_marker(pytest.mark.mpi)
         elif module is not None and getattr(module, "launch", None) is launch_module.launch:

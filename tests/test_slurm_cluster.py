@@ -1,0 +1,129 @@
+"""The shipped Slurm scripts against a real Slurm (slurm/local-cluster.sh up; SLURM_CONF exported).
+
+Skipped, with the reason shown, where no cluster answers. `.ci/run` brings one up around the tests.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssfl_mpi.results import read
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--clients", "8", "--clients-per-round", "4", "--local-epochs", "1"]
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
+
+
+def _cluster_answers() -> str:
+    """'' when a cluster answers, else why not."""
+    if not shutil.which("sbatch"):
+        return "no sbatch on PATH (slurm/local-cluster.sh install && slurm/local-cluster.sh up)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if out.returncode != 0 or not out.stdout.strip():
+        last = (out.stderr.strip().splitlines() or ["no nodes"])[-1]
+        return f"no Slurm cluster answers (sinfo: {last}); start one with slurm/local-cluster.sh up"
+    return ""
+
+
+REASON = _cluster_answers()
+if REASON:
+    pytestmark = [pytest.mark.slurm, pytest.mark.skip(reason=REASON)]
+
+
+def _sbatch(tmp_path: Path, script: str, *args: str, env: dict | None = None, sbatch: tuple = ()) -> str:
+    full_env = {**os.environ, "SSFL_VENV": str(Path(os.sys.executable).parent.parent), **(env or {})}
+    cmd = ["sbatch", "--parsable", "--ntasks=3", "--cpus-per-task=1", "--overcommit", "--time=10",
+           f"--output={tmp_path}/job-%j.out", *sbatch, str(ROOT / "slurm" / script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def _state(job: str) -> tuple[str, int, int]:
+    """(state, exit code, restarts) of a job, from scontrol."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    code = int(fields.get("ExitCode", "0:0").split(":")[0])
+    return fields.get("JobState", "UNKNOWN"), code, int(fields.get("Restarts", "0"))
+
+
+def _wait(job: str, timeout: float = 240) -> tuple[str, int, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _state(job)
+        if state[0] in FINAL:
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job])
+    pytest.fail(f"job {job} did not finish within {timeout} s: {_state(job)}")
+
+
+def _log(tmp_path: Path, job: str) -> str:
+    return (tmp_path / f"job-{job}.out").read_text()
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_a_run_completes_under_each_launcher(tmp_path, launcher):
+    out = tmp_path / "r.h5"
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "3", "--out", str(out),
+                  env={"SSFL_LAUNCHER": launcher})
+    state, code, _ = _wait(job)
+    assert (state, code) == ("COMPLETED", 0), _log(tmp_path, job)
+    r = read(out)
+    assert r["attrs"]["status"] == "complete" and r["attrs"]["world_size"] == 3
+
+
+def test_a_warning_signal_stops_the_run_which_requeues_and_finishes_identically(tmp_path):
+    """SIGUSR1 to the job's steps (what --signal=USR1@T sends) during the run: exit 3, requeue, the
+    requeued job resumes the file, COMPLETED, and every per-round metric equals an uninterrupted run."""
+    ref = tmp_path / "ref.h5"
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", "--out", str(ref))
+    assert _wait(job)[:2] == ("COMPLETED", 0), _log(tmp_path, job)
+    out = tmp_path / "r.h5"
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", "--out", str(out))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # signal once the run is in its rounds
+        log = tmp_path / f"job-{job}.out"
+        if log.exists() and "round    3/" in log.read_text():
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    state, code, restarts = _wait(job, timeout=300)
+    text = _log(tmp_path, job)
+    assert (state, code) == ("COMPLETED", 0) and restarts >= 1, text
+    assert "requeueing job" in text and "resuming it" in text
+    a, b = read(ref), read(out)
+    assert b["attrs"]["resumed"] >= 1
+    for key in a["rounds"]:
+        if not key.startswith(("time_", "peak_rss")):
+            assert np.array_equal(a["rounds"][key], b["rounds"][key], equal_nan=True), key
+
+
+def test_bad_input_fails_the_job_with_the_one_line_error_in_its_log(tmp_path):
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--sparsity", "2", "--out", str(tmp_path / "r.h5"))
+    state, code, _ = _wait(job)
+    text = _log(tmp_path, job)
+    assert (state, code) == ("FAILED", 2), text
+    assert "ssfl-mpi: error: --sparsity must be in [0, 1)" in text and "Traceback" not in text
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_a_signal_after_the_run_finished_leaves_the_job_completed(tmp_path):
+    """The ranks get SIGUSR1 after their last round (the test-only fault at round R+1)."""
+    out = tmp_path / "r.h5"
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "3", "--out", str(out),
+                  env={"SSFL_MPI_TEST_FAULT": "usr1:0:4,usr1:1:4,usr1:2:4"})
+    state, code, restarts = _wait(job)
+    assert (state, code, restarts) == ("COMPLETED", 0, 0), _log(tmp_path, job)
+    assert read(out)["attrs"]["status"] == "complete"
+
