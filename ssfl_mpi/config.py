@@ -151,6 +151,11 @@ class Config:
     def check_world(self, world_size: int) -> None:
         """Checks that need the number of ranks; every rank runs them and agrees."""
         if world_size < 2:
+            step_tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
+            if step_tasks.isdigit() and int(step_tasks) > 1:
+                raise UsageError(f"srun started {step_tasks} separate one-rank MPI worlds: its MPI plugin "
+                                 f"does not match this MPI; set SSFL_SRUN_MPI=pmi2 (the mpich wheel) or "
+                                 f"pmix, or launch with SSFL_LAUNCHER=mpirun")
             raise UsageError("ssfl-mpi needs at least 2 MPI ranks (rank 0 is the server, the rest "
                              "host clients): launch with mpirun -n 3 (or more)")
         workers = world_size - 1

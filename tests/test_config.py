@@ -101,3 +101,12 @@ def test_presets_ship_and_load_in_order_preset_file_flags(tmp_path):
         (10, 128, 0.9, "cosine-restarts", 10, 2)
     with pytest.raises(UsageError, match="unknown preset 'nope'"):
         load_preset("nope")
+
+
+def test_one_rank_worlds_under_srun_point_at_the_mpi_plugin(monkeypatch):
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    with pytest.raises(UsageError, match="srun started 4 separate one-rank MPI worlds.*SSFL_SRUN_MPI=pmi2"):
+        Config().check_world(1)
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    with pytest.raises(UsageError, match="needs at least 2 MPI ranks"):
+        Config().check_world(1)

@@ -25,9 +25,12 @@ def test_run_sbatch_passes_options_and_threads(tmp_path):
            "SLURM_SUBMIT_DIR": str(ROOT), "SSFL_VENV": str(tmp_path)}
     out = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch"), "--rounds", "3"], env=env,
                          capture_output=True, text=True, check=True).stdout
+    assert "no --out given: writing results/ssfl-mpi_local.h5" in out  # a requeued job must find it
+    out = out.splitlines()[-1]
     assert out.startswith("srun --cpus-per-task=8 python -m ssfl_mpi run --threads 8 --rounds 3")
+    assert out.endswith("--out results/ssfl-mpi_local.h5 ")
     out = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch")], capture_output=True, text=True, check=True,
-                         env={**env, "SSFL_LAUNCHER": "mpirun"}).stdout
+                         env={**env, "SSFL_LAUNCHER": "mpirun"}).stdout.splitlines()[-1]
     assert out.startswith("mpirun -n 5 python -m ssfl_mpi run --threads 8")
     bad = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch")], capture_output=True, text=True,
                          env={**env, "SSFL_LAUNCHER": "aprun"})

@@ -41,7 +41,8 @@ if REASON:
 
 
 def _sbatch(tmp_path: Path, script: str, *args: str, env: dict | None = None, sbatch: tuple = ()) -> str:
-    full_env = {**os.environ, "SSFL_VENV": str(Path(os.sys.executable).parent.parent), **(env or {})}
+    full_env = {**os.environ, "SSFL_VENV": str(Path(os.sys.executable).parent.parent), "SSFL_HOME": str(ROOT),
+                **(env or {})}
     cmd = ["sbatch", "--parsable", "--ntasks=3", "--cpus-per-task=1", "--overcommit", "--time=10",
            f"--output={tmp_path}/job-%j.out", *sbatch, str(ROOT / "slurm" / script), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=30)
@@ -83,21 +84,25 @@ def test_a_run_completes_under_each_launcher(tmp_path, launcher):
     assert r["attrs"]["status"] == "complete" and r["attrs"]["world_size"] == 3
 
 
-def test_a_warning_signal_stops_the_run_which_requeues_and_finishes_identically(tmp_path):
-    """SIGUSR1 to the job's steps (what --signal=USR1@T sends) during the run: exit 3, requeue, the
-    requeued job resumes the file, COMPLETED, and every per-round metric equals an uninterrupted run."""
-    ref = tmp_path / "ref.h5"
-    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", "--out", str(ref))
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_the_warning_stops_the_run_which_requeues_and_finishes_identically(tmp_path, launcher):
+    """SIGUSR1 to the batch shell (what --signal=B:USR1@T sends) during the run: the shell forwards it
+    to the launcher, the ranks stop, exit 3, requeue, the requeued job resumes the file, COMPLETED,
+    and every per-round metric equals an uninterrupted run. With mpirun the ranks are not in an
+    srun step of their own: only the forwarding reaches them. No --out: the job names its file."""
+    env = {"SSFL_LAUNCHER": launcher}
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", env=env)
+    ref = tmp_path / "results" / f"ssfl-mpi_{job}.h5"
     assert _wait(job)[:2] == ("COMPLETED", 0), _log(tmp_path, job)
-    out = tmp_path / "r.h5"
-    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", "--out", str(out))
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", env=env)
+    out = tmp_path / "results" / f"ssfl-mpi_{job}.h5"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # signal once the run is in its rounds
         log = tmp_path / f"job-{job}.out"
         if log.exists() and "round    3/" in log.read_text():
             break
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     state, code, restarts = _wait(job, timeout=300)
     text = _log(tmp_path, job)
     assert (state, code) == ("COMPLETED", 0) and restarts >= 1, text
@@ -107,6 +112,22 @@ def test_a_warning_signal_stops_the_run_which_requeues_and_finishes_identically(
     for key in a["rounds"]:
         if not key.startswith(("time_", "peak_rss")):
             assert np.array_equal(a["rounds"][key], b["rounds"][key], equal_nan=True), key
+
+
+def test_scancel_with_term_stops_without_a_requeue_and_leaves_a_resumable_file(tmp_path):
+    out = tmp_path / "r.h5"
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "200", "--out", str(out))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = tmp_path / f"job-{job}.out"
+        if log.exists() and "round    2/" in log.read_text():
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    state, code, restarts = _wait(job)
+    assert (state, code, restarts) == ("FAILED", 3, 0), _log(tmp_path, job)
+    assert "not requeued" in _log(tmp_path, job)
+    assert read(out)["attrs"]["status"] == "interrupted"
 
 
 def test_bad_input_fails_the_job_with_the_one_line_error_in_its_log(tmp_path):
@@ -127,3 +148,71 @@ def test_a_signal_after_the_run_finished_leaves_the_job_completed(tmp_path):
     assert (state, code, restarts) == ("COMPLETED", 0, 0), _log(tmp_path, job)
     assert read(out)["attrs"]["status"] == "complete"
 
+
+
+def test_srun_without_the_right_mpi_plugin_says_what_to_set(tmp_path):
+    job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "1", "--out", str(tmp_path / "r.h5"),
+                  env={"SSFL_SRUN_MPI": "none"})
+    state, code, _ = _wait(job)
+    text = _log(tmp_path, job)
+    assert (state, code) == ("FAILED", 2), text
+    assert "separate one-rank MPI worlds" in text and "SSFL_SRUN_MPI=pmi2" in text and "Traceback" not in text
+
+
+def test_plain_scancel_leaves_a_file_that_a_resubmission_finishes(tmp_path):
+    out = tmp_path / "r.h5"
+    args = (*SMALL, "--rounds", "60", "--out", str(out))
+    job = _sbatch(tmp_path, "run.sbatch", *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = tmp_path / f"job-{job}.out"
+        if log.exists() and "round    2/" in log.read_text():
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", job], check=True)
+    assert _wait(job)[0] == "CANCELLED"
+    assert read(out)["attrs"]["status"] != "complete"
+    again = _sbatch(tmp_path, "run.sbatch", *args)  # the same submission again
+    state, code, _ = _wait(again)
+    assert (state, code) == ("COMPLETED", 0) and "resuming it" in _log(tmp_path, again), _log(tmp_path, again)
+    r = read(out)
+    assert r["attrs"]["status"] == "complete" and r["attrs"]["resumed"] == 1
+    assert r["rounds"]["round"].tolist() == list(range(1, 61))
+
+
+GRID = """
+out_dir = "{out}"
+name = "cell_seed{{seed}}"
+[base]
+clients = 8
+clients_per_round = 4
+rounds = 3
+local_epochs = 1
+[axes]
+seed = [0, 1]
+"""
+
+
+def test_a_sweep_array_completes_and_a_resubmission_does_no_work(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.format(out=tmp_path / "cells"))
+    job = _sbatch(tmp_path, "sweep.sbatch", str(grid), sbatch=("--array=0-1",))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        states = [_state(f"{job}_{i}")[0] for i in (0, 1)]
+        if all(s in FINAL for s in states):
+            break
+        time.sleep(1)
+    assert states == ["COMPLETED", "COMPLETED"], states
+    assert all(read(tmp_path / "cells" / f"cell_seed{s}.h5")["attrs"]["status"] == "complete" for s in (0, 1))
+    whole = _sbatch(tmp_path, "sweep.sbatch", str(grid))  # the whole grid in one job: nothing left to do
+    assert _wait(whole)[:2] == ("COMPLETED", 0)
+    assert "sweep: 0 run, 0 resumed, 2 already complete" in _log(tmp_path, whole)
+
+
+def test_scaling_sbatch_completes(tmp_path):
+    job = _sbatch(tmp_path, "scaling.sbatch", "--out", str(tmp_path / "scaling.h5"), "--rounds", "3",
+                  "--local-epochs", "1")
+    state, code, _ = _wait(job)
+    assert (state, code) == ("COMPLETED", 0), _log(tmp_path, job)
+    assert (tmp_path / "scaling.h5").exists()
