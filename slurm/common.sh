@@ -9,6 +9,14 @@
 # --signal=TERM`) is forwarded too and stops the run without a requeue; a SIGTERM or USR1 sent to
 # the ranks alone (`scancel --signal=...` without --batch) also stops without a requeue.
 
+# From the moment this file is sourced the batch shell never dies of these signals. One that
+# arrives before the launcher starts means nothing is launched: the warning requeues the job, a
+# stop ends it (exit 143, as a terminated shell); one after the run ended changes nothing (the
+# job keeps the run's exit code: COMPLETED after a complete run).
+pending=""
+trap 'pending=USR1' USR1
+trap 'pending=TERM' TERM INT
+
 ssfl_env() {  # activate the virtual environment; one clear line if ssfl_mpi cannot be imported
   SSFL_VENV="${SSFL_VENV:-$PWD/.venv}"
   # shellcheck disable=SC1091
@@ -32,6 +40,14 @@ ssfl_launcher() {  # sets launch=(...) from SSFL_LAUNCHER
 
 ssfl_run() {  # ssfl_run CMD...: run it in the background, forward USR1/TERM to it; sets rc
   stop_signal=""
+  if [ "$pending" = USR1 ]; then
+    echo "ssfl-mpi: the warning signal came before the run started: not launched"
+    stop_signal=USR1 rc=3
+    return
+  elif [ -n "$pending" ]; then
+    echo "ssfl-mpi: stopped by SIG$pending before the run started: not launched"
+    exit 143
+  fi
   "$@" &
   local pid=$!
   trap 'stop_signal=USR1; echo "ssfl-mpi: warning signal: the ranks stop after this round"; kill -USR1 '"$pid"' 2>/dev/null' USR1
@@ -46,7 +62,7 @@ ssfl_run() {  # ssfl_run CMD...: run it in the background, forward USR1/TERM to 
       break
     fi  # else a trapped signal interrupted the wait: wait again
   done
-  trap - USR1 TERM INT
+  trap '' USR1 TERM INT  # the run is over: a late warning or stop changes nothing
 }
 
 ssfl_finish() {  # requeue on a warning-signal stop, else exit with the run's code
