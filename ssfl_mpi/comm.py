@@ -207,13 +207,18 @@ class _Liveness:
     def interval(self) -> float:
         return min(1.0, self.timeout / 10)
 
-    def beat(self) -> None:
-        if not self.timeout:
-            return
+    def _due(self, last: str) -> float | None:
+        """Now, if liveness is on and `last` (an attribute) is an interval ago; else None."""
         now = time.monotonic()
-        if now - self.last_beat < self.interval:
+        if not self.timeout or now - getattr(self, last) < self.interval:
+            return None
+        setattr(self, last, now)
+        return now
+
+    def beat(self) -> None:
+        now = self._due("last_beat")
+        if now is None:
             return
-        self.last_beat = now
         self.sends = [r for r in self.sends if not r.Test()]
         if len(self.sends) < 64 * len(self.peers):  # a dead peer's queue is not ours to grow
             self.sends += [self.comm.Isend([self.token, MPI.BYTE], dest=p, tag=HEARTBEAT_TAG) for p in self.peers]
@@ -241,12 +246,9 @@ class _Liveness:
             time.sleep(1e-3)
 
     def check(self) -> None:
-        if not self.timeout:
+        now = self._due("last_check")
+        if now is None:
             return
-        now = time.monotonic()
-        if now - self.last_check < self.interval:
-            return
-        self.last_check = now
         self._drain(now)
         peer, last = min(self.heard.items(), key=lambda kv: kv[1])
         if now - last > self.timeout:

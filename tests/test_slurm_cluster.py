@@ -69,6 +69,17 @@ def _wait(job: str, timeout: float = 240) -> tuple[str, int, int]:
     pytest.fail(f"job {job} did not finish within {timeout} s: {_state(job)}")
 
 
+def _wait_for_round(tmp_path: Path, job: str, r: int) -> None:
+    """Until the job's log shows round r: the run is in its rounds."""
+    deadline = time.monotonic() + 120
+    log = tmp_path / f"job-{job}.out"
+    while time.monotonic() < deadline:
+        if log.exists() and f"round    {r}/" in log.read_text():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"job {job} did not reach round {r} within 120 s")
+
+
 def _log(tmp_path: Path, job: str) -> str:
     return (tmp_path / f"job-{job}.out").read_text()
 
@@ -96,12 +107,7 @@ def test_the_warning_stops_the_run_which_requeues_and_finishes_identically(tmp_p
     assert _wait(job)[:2] == ("COMPLETED", 0), _log(tmp_path, job)
     job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "30", env=env)
     out = tmp_path / "results" / f"ssfl-mpi_{job}.h5"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # signal once the run is in its rounds
-        log = tmp_path / f"job-{job}.out"
-        if log.exists() and "round    3/" in log.read_text():
-            break
-        time.sleep(0.2)
+    _wait_for_round(tmp_path, job, 3)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     state, code, restarts = _wait(job, timeout=300)
     text = _log(tmp_path, job)
@@ -117,12 +123,7 @@ def test_the_warning_stops_the_run_which_requeues_and_finishes_identically(tmp_p
 def test_scancel_with_term_stops_without_a_requeue_and_leaves_a_resumable_file(tmp_path):
     out = tmp_path / "r.h5"
     job = _sbatch(tmp_path, "run.sbatch", *SMALL, "--rounds", "200", "--out", str(out))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        log = tmp_path / f"job-{job}.out"
-        if log.exists() and "round    2/" in log.read_text():
-            break
-        time.sleep(0.2)
+    _wait_for_round(tmp_path, job, 2)
     subprocess.run(["scancel", "--signal=TERM", job], check=True)
     state, code, restarts = _wait(job)
     assert (state, code, restarts) == ("FAILED", 3, 0), _log(tmp_path, job)
@@ -163,12 +164,7 @@ def test_plain_scancel_leaves_a_file_that_a_resubmission_finishes(tmp_path):
     out = tmp_path / "r.h5"
     args = (*SMALL, "--rounds", "60", "--out", str(out))
     job = _sbatch(tmp_path, "run.sbatch", *args)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        log = tmp_path / f"job-{job}.out"
-        if log.exists() and "round    2/" in log.read_text():
-            break
-        time.sleep(0.2)
+    _wait_for_round(tmp_path, job, 2)
     subprocess.run(["scancel", job], check=True)
     assert _wait(job)[0] == "CANCELLED"
     assert read(out)["attrs"]["status"] != "complete"
