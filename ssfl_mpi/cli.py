@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, METHODS, MODELS,
+from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, MODELS,
                      PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
-                     make_config)
+                     make_config, method_names)
 from .presets import list_presets, load_preset
 from .compare import METRICS
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE, Interrupted, RunError,
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 # (flag, type or choices, help). Defaults live in Config only: unset flags do not override the file.
 RUN_OPTIONS = [
-    ("--method", METHODS, "federated method"),
+    ("--method", method_names, "federated method"),
     ("--dataset", DATASETS, "data set; digits and synthetic ship offline"),
     ("--data-root", str, "folder holding torchvision data sets"),
     ("--model", MODELS, "model; auto picks by data set"),
@@ -85,7 +85,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="FILE.h5", help="continue an interrupted run from its result "
                    "file (its settings are used; flags may change only paths, threads, device)")
     for flag, kind, text in RUN_OPTIONS:
-        if isinstance(kind, tuple):
+        if kind is method_names:  # the registry's names, looked up only when a parser is built
+            p.add_argument(flag, choices=method_names(), default=argparse.SUPPRESS, help=text)
+        elif isinstance(kind, tuple):
             p.add_argument(flag, choices=kind, default=argparse.SUPPRESS, help=text)
         else:
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling = bench_sub.add_parser("scaling", help="the same job on 2, 3, ... ranks of this launch: time per round")
     scaling.add_argument("--sizes", help="comma-separated rank counts (default: 2 up to this launch's size)")
     scaling.add_argument("--preset", help="run settings to start from (default: the digits default)")
-    scaling.add_argument("--method", choices=METHODS, default="ssfl")
+    scaling.add_argument("--method", choices=method_names(), default="ssfl")
     scaling.add_argument("--clients", type=int, default=20)
     scaling.add_argument("--clients-per-round", type=int, default=10)
     scaling.add_argument("--rounds", type=int, default=6, help="rounds per size; the first is not timed")
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
     soak.add_argument("--rounds", type=int, default=300)
     soak.add_argument("--early", type=int, default=30, help="the round compared with the last")
-    soak.add_argument("--method", choices=METHODS, default="ssfl")
+    soak.add_argument("--method", choices=method_names(), default="ssfl")
     soak.add_argument("--out", default="results/soak.h5")
     soak.add_argument("--overwrite", action="store_true")
     soak.set_defaults(func=cmd_bench_soak)

@@ -12,9 +12,6 @@ from pathlib import Path
 
 from .errors import UsageError
 
-METHODS = ("ssfl", "fedavg", "random", "magnitude", "snip-single", "random-clientwise", "feddst",
-           "prunefl")
-DENSE_METHODS = ("fedavg",)
 MASK_DISTRIBUTIONS = ("uniform", "layerwise", "erk")
 LR_SCHEDULES = ("constant", "exp-round", "exp-round-shifted", "cosine-restarts")
 DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100")
@@ -79,7 +76,7 @@ class Config:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, method_names())
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, MODELS)
         _check_choice("partition", self.partition, PARTITIONS)
@@ -140,7 +137,9 @@ class Config:
 
     @property
     def sparse(self) -> bool:
-        return self.method not in DENSE_METHODS
+        from .methods import get
+
+        return get(self.method).sparse
 
     def out_path(self) -> Path:
         if self.out:
@@ -173,6 +172,13 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def method_names() -> tuple[str, ...]:
+    """The registry's names (imports the method modules, hence torch, on first use)."""
+    from .methods import names
+
+    return names()
 
 
 def _flag(name: str) -> str:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from . import codec
-from .methods import METHODS
+from . import methods
 from .errors import Interrupted
 from .lifecycle import inject_fault, poisoned
-from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, local_spec,
-                       report_rss)
+from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
+                       report_rss, send_meta)
 from .seeding import torch_gen
 from .sparse import Mask, make_mask, n_keep, pack
 from .training import local_train
@@ -103,7 +103,7 @@ class DynamicServer(ServerBase):
         self._finish_previous()
         up_len = comm.gatherv(np.empty(0, np.int64), plan.per_rank)
         up = comm.gatherv(np.empty(0, np.uint8), _rank_sums(up_len, plan.per_rank))
-        meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
+        meta = gather_meta(comm, plan)
         row = self._aggregate(r, plan, masks, up, up_len, meta)
         row.update(bytes_down=down.total, meta_bytes_down=down.meta, masks_bitmap=row["masks_bitmap"] + down.bitmap,
                    masks_indices=row["masks_indices"] + down.indices)
@@ -115,8 +115,8 @@ class DynamicServer(ServerBase):
         row, order, sizes = self._round_row(r, plan, meta)
         flat, n_prunable = self.s.flat, self.s.flat.n_prunable
         offsets = np.concatenate([[0], np.cumsum(up_len)])
-        received = {int(meta[i, 0]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
-        cids = np.sort(meta[:, 0].astype(np.int64))
+        received = {int(meta["client"][i]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
+        cids = np.sort(meta["client"].astype(np.int64))
         weighted = torch.zeros(flat.numel, dtype=torch.float64)
         weight = torch.zeros(flat.numel, dtype=torch.float64)
         votes = np.zeros(n_prunable, dtype=np.int64)
@@ -161,7 +161,7 @@ class DynamicWorker:
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.cfg = s, s.cfg
         self.start = resume.round + 1 if resume else 1
-        self.method = METHODS[s.cfg.method]
+        self.method = methods.get(s.cfg.method)
         self.spec = local_spec(s.cfg, s.dataset)
 
     def run(self) -> None:
@@ -193,7 +193,7 @@ class DynamicWorker:
         comm.reset_timer()
         received = self._receive(plan)
         readjust = self.method.readjusts(r, every=cfg.readjust_every)
-        out, meta = [], np.zeros((len(received), META_COLUMNS), dtype=np.float64)
+        out, meta = [], new_meta(len(received))
         for i, cid in enumerate(sorted(received)):
             t0 = time.perf_counter()
             msg = received[cid]
@@ -214,7 +214,7 @@ class DynamicWorker:
             if poisoned("nan", cid, r):
                 values[0] = float("nan")
             out.append(codec.encode(values, new_kept, extra))
-            meta[i, :4] = cid, len(y), loss, time.perf_counter() - t0
+            meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
         lengths = np.array([m.size for m in out], dtype=np.int64)
         comm.gatherv(lengths, plan.per_rank)
         counts = np.zeros(comm.size, dtype=np.int64)
@@ -223,6 +223,6 @@ class DynamicWorker:
         if poisoned("count", comm.rank, r):
             buf = buf[:-1]
         comm.gatherv(buf, counts)
-        meta[:, 4] = comm.reset_timer()
-        comm.gatherv(meta.ravel(), plan.meta_counts)
+        meta["comm_s"] = comm.reset_timer()
+        send_meta(comm, meta, plan)
         report_rss(comm)

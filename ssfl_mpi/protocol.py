@@ -16,7 +16,8 @@ from . import data, models
 from .config import TORCHVISION_DATASETS, Config
 from .errors import Interrupted, RunError, UsageError
 from .lifecycle import STOP, StopFlag, inject_fault, peak_rss_mb
-from .methods import METHODS, MaskContext
+from . import methods
+from .methods import MaskContext
 from .partition import label_counts, partition, proportional_test_split
 from .results import ResultWriter, check_writable, claim
 from .seeding import np_rng, sample_clients, torch_seed
@@ -25,7 +26,23 @@ from .training import LocalSpec, predict, split_accuracy
 
 log = logging.getLogger("ssfl_mpi")
 
-META_COLUMNS = 5  # per sampled client: id, n_k, train loss, compute seconds, worker comm seconds
+# What a worker reports per sampled client besides its update: named fields of one float64 record,
+# gathered as plain float64 (the record is its own MPI layout; see send_meta / gather_meta).
+META = np.dtype([("client", "<f8"), ("n_samples", "<f8"), ("loss", "<f8"), ("compute_s", "<f8"),
+                 ("comm_s", "<f8")])
+META_COLUMNS = len(META.names)
+
+
+def new_meta(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=META)
+
+
+def send_meta(comm: mpi.Comm, meta: np.ndarray, plan: "RoundPlan") -> None:
+    comm.gatherv(meta.view(np.float64).ravel(), plan.meta_counts)
+
+
+def gather_meta(comm: mpi.Comm, plan: "RoundPlan") -> np.ndarray:
+    return comm.gatherv(np.empty(0, np.float64), plan.meta_counts).view(META)
 
 
 @dataclass
@@ -156,7 +173,7 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
                            n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
         flat = FlatModel(net, device)
         ph.detail = f": {flat.numel:,} parameters, {flat.n_prunable:,} prunable, on {device}"
-    if METHODS[cfg.method].sparse and n_keep(cfg.density, flat.n_prunable) == 0:
+    if methods.get(cfg.method).sparse and n_keep(cfg.density, flat.n_prunable) == 0:
         raise UsageError(f"--sparsity {cfg.sparsity} keeps 0 of the {flat.n_prunable:,} prunable weights of "
                          f"{model_name}: the model could not learn; use a sparsity below "
                          f"{1 - 1 / flat.n_prunable:.9f}")
@@ -186,9 +203,8 @@ def find_mask(s: Setup) -> Mask:
                       saliency_score=cfg.saliency_score, saliency_augment=augment, topk_ties=cfg.topk_ties,
                       mask_distribution=cfg.mask_distribution, spec=spec,
                       reduce_max=s.comm.allreduce_max, reduce_sum_=s.comm.allreduce_sum_)
-    method = METHODS[cfg.method]
-    long = cfg.method in ("ssfl", "snip-single", "prunefl")
-    with Phase(f"{cfg.method} mask on {s.comm.workers} worker rank(s)", announce=long) as ph:
+    method = methods.get(cfg.method)
+    with Phase(f"{cfg.method} mask on {s.comm.workers} worker rank(s)", announce=method.long_setup) as ph:
         mask = method.find_mask(ctx)
         ph.detail = f": {mask.n_kept:,} of {s.flat.n_prunable:,} prunable weights kept (density {mask.density:.4f})"
     if cfg.method in ("ssfl", "snip-single") and mask.n_kept > ctx.k:
@@ -221,7 +237,7 @@ class ServerBase:
 
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.mask, self.cfg = s, mask, s.cfg
-        self.method = METHODS[s.cfg.method]
+        self.method = methods.get(s.cfg.method)
         self.writer: ResultWriter | None = None
         self.resume = resume
         self.start = resume.round + 1 if resume else 1
@@ -385,16 +401,16 @@ class ServerBase:
     def _round_row(self, r: int, plan: RoundPlan, meta: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
         """Check the received client set; the row's common fields, the client-id order, sizes."""
         rss = self.s.comm.gatherv(np.array([peak_rss_mb()]), np.ones(self.s.comm.size, dtype=np.int64))
-        cids = meta[:, 0].astype(np.int64)
+        cids = meta["client"].astype(np.int64)
         if not np.array_equal(np.sort(cids), plan.clients):
             raise RuntimeError(f"round {r}: received updates of clients {sorted(cids)}, "
                                f"expected {plan.clients.tolist()}")
         order = np.argsort(cids, kind="stable")
-        sizes = meta[order, 1]
+        sizes = meta["n_samples"][order]
         ranks = self.s.home[cids]
-        compute = max(meta[ranks == q, 3].sum() for q in np.unique(ranks))
-        row = {"round": r, "train_loss": float(np.dot(sizes, meta[order, 2]) / sizes.sum()),
-               "time_compute": float(compute), "time_comm": float(meta[:, 4].max()),
+        compute = max(meta["compute_s"][ranks == q].sum() for q in np.unique(ranks))
+        row = {"round": r, "train_loss": float(np.dot(sizes, meta["loss"][order]) / sizes.sum()),
+               "time_compute": float(compute), "time_comm": float(meta["comm_s"].max()),
                "peak_rss_server_mb": float(rss[0]), "peak_rss_workers_mb": float(rss[1:].max()),
                "clients_skipped": 0}
         return row, order, sizes

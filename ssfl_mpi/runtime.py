@@ -11,7 +11,7 @@ from . import comm as mpi
 from .config import Config
 from .dynamic_rounds import DynamicServer, DynamicWorker
 from .lifecycle import inject_fault
-from .methods import METHODS
+from . import methods
 from .protocol import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
 from .static_rounds import StaticServer, StaticWorker
@@ -38,7 +38,7 @@ def resumed_mask(s: Setup, resume: ResumePoint) -> Mask:
     mask = make_mask(s.flat, torch.from_numpy(kept.astype(bool)))
     s.flat.flat.detach().mul_(mask.multiplier)
     if s.comm.is_server:
-        expected = s.flat.numel if METHODS[s.cfg.method].dynamic else mask.payload
+        expected = s.flat.numel if methods.get(s.cfg.method).rounds != "static" else mask.payload
         if resume.vector.size != expected:
             error = (f"--resume: {str(resume.path)!r} cannot be resumed: its checkpoint vector holds "
                      f"{resume.vector.size} values, this method and mask need {expected}")
@@ -51,7 +51,7 @@ def run(cfg: Config, comm: mpi.Comm, resume: ResumePoint | None = None) -> Path 
     s = setup(cfg, comm, resuming=resume is not None)
     inject_fault(comm.rank, 0)
     mask = resumed_mask(s, resume) if resume else find_mask(s)
-    dynamic = METHODS[cfg.method].dynamic
+    dynamic = methods.get(cfg.method).rounds != "static"
     if comm.is_server:
         return (DynamicServer if dynamic else StaticServer)(s, mask, resume).run()
     (DynamicWorker if dynamic else StaticWorker)(s, mask, resume).run()

@@ -14,8 +14,8 @@ import torch
 from .aggregation import weighted_average
 from .errors import Interrupted
 from .lifecycle import inject_fault, poisoned
-from .protocol import (META_COLUMNS, ResumePoint, RoundPlan, ServerBase, Setup, local_spec,
-                       report_rss)
+from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
+                       report_rss, send_meta)
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack
 from .training import local_train
@@ -42,16 +42,16 @@ class StaticServer(ServerBase):
         comm.bcast_(self.global_np)
         self._finish_previous()
         updates = comm.gatherv(np.empty(0, np.float32), plan.model_counts, self.recv)
-        meta = comm.gatherv(np.empty(0, np.float64), plan.meta_counts).reshape(-1, META_COLUMNS)
+        meta = gather_meta(comm, plan)
         return self._aggregate(r, plan, updates, meta)
 
     def _aggregate(self, r: int, plan: RoundPlan, updates: np.ndarray, meta: np.ndarray) -> dict:
         row, order, _ = self._round_row(r, plan, meta)
         rows = torch.from_numpy(updates).view(len(order), self.mask.payload)
-        cids = meta[:, 0].astype(np.int64)
+        cids = meta["client"].astype(np.int64)
         good = [i for i in order if self._finite_or_skip(r, int(cids[i]), rows[i])]
         if good:  # with every update skipped, the global model stays as it was
-            weighted_average([rows[i] for i in good], meta[good, 1], out=torch.from_numpy(self.global_np))
+            weighted_average([rows[i] for i in good], meta["n_samples"][good], out=torch.from_numpy(self.global_np))
         payload_bytes = self.mask.payload * self.global_np.itemsize * len(order)
         row.update(bytes_up=int(updates.nbytes), bytes_down=payload_bytes, meta_bytes_up=0,
                    meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0,
@@ -90,7 +90,7 @@ class StaticWorker:
         global_t = torch.from_numpy(self.global_np).to(s.device)
         send = self.send[: len(mine) * payload]
         send_t = torch.from_numpy(send)
-        meta = np.zeros((len(mine), META_COLUMNS), dtype=np.float64)
+        meta = new_meta(len(mine))
         for i, cid in enumerate(mine):
             t0 = time.perf_counter()
             unpack(global_t, self.mask.send_idx, s.flat.flat)
@@ -104,10 +104,10 @@ class StaticWorker:
                 out.copy_(pack(s.flat.flat, self.mask.send_idx))
             if poisoned("nan", cid, plan.r):
                 out[0] = float("nan")
-            meta[i, :4] = cid, len(y), loss, time.perf_counter() - t0
+            meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
         if poisoned("count", comm.rank, plan.r):
             send = send[:-1]
         comm.gatherv(send, plan.model_counts)
-        meta[:, 4] = comm.reset_timer()
-        comm.gatherv(meta.ravel(), plan.meta_counts)
+        meta["comm_s"] = comm.reset_timer()
+        send_meta(comm, meta, plan)
         report_rss(comm)

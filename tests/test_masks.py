@@ -6,7 +6,8 @@ import torch
 
 from ssfl_mpi import models
 from ssfl_mpi.masks import erk_densities, magnitude_mask, per_layer_random, random_mask, vote_mask
-from ssfl_mpi.methods import METHODS, FedDST, MaskContext
+from ssfl_mpi.methods import MaskContext, get
+from ssfl_mpi.methods.dynamic import FedDST
 from ssfl_mpi.sparse import FlatModel, n_keep
 from ssfl_mpi.training import LocalSpec
 
@@ -78,9 +79,9 @@ def fake_clients(n=4, per=30):
 
 def test_snip_single_is_ssfl_on_client_0_alone():
     clients = fake_clients()
-    snip = METHODS["snip-single"].find_mask(context(cnn_flat(), clients))
-    only0 = METHODS["ssfl"].find_mask(context(cnn_flat(), {0: clients[0]}))
-    ssfl = METHODS["ssfl"].find_mask(context(cnn_flat(), clients))
+    snip = get("snip-single").find_mask(context(cnn_flat(), clients))
+    only0 = get("ssfl").find_mask(context(cnn_flat(), {0: clients[0]}))
+    ssfl = get("ssfl").find_mask(context(cnn_flat(), clients))
     assert torch.equal(snip.kept, only0.kept)
     assert not torch.equal(snip.kept, ssfl.kept)
     assert snip.n_kept == n_keep(0.3, snip.kept.numel())
@@ -89,10 +90,10 @@ def test_snip_single_is_ssfl_on_client_0_alone():
 def test_magnitude_and_random_methods_need_no_data():
     flat = cnn_flat()
     ctx = context(flat, {})
-    m = METHODS["magnitude"].find_mask(ctx)
+    m = get("magnitude").find_mask(ctx)
     w = flat.flat[flat.prunable_idx].abs()
     assert w[m.kept].min() >= w[~m.kept].max()
-    r = METHODS["random"].find_mask(ctx)
+    r = get("random").find_mask(ctx)
     assert r.n_kept == ctx.k
 
 
@@ -101,7 +102,7 @@ def test_prunefl_initial_mask_comes_from_client_0_trained_weights():
     flat = cnn_flat()
     w0 = flat.flat.detach().clone()
     spec = LocalSpec(epochs=1, batch_size=8, lr=0.1)
-    mask = METHODS["prunefl"].find_mask(context(flat, {0: clients[0]}, spec=spec))
+    mask = get("prunefl").find_mask(context(flat, {0: clients[0]}, spec=spec))
     assert mask.n_kept == n_keep(0.3, flat.n_prunable)
     w = flat.flat.detach()
     assert not torch.equal(w, w0)  # trained on client 0
@@ -112,7 +113,7 @@ def test_prunefl_initial_mask_comes_from_client_0_trained_weights():
     shared = {}
     ctx = context(other, {}, spec=spec, reduce_sum_=lambda a: np.add(a, shared.setdefault(a.dtype.kind, {
         "i": mask.kept.numpy().astype(np.int64), "f": w.numpy().copy()}[a.dtype.kind]), out=a))
-    mask2 = METHODS["prunefl"].find_mask(ctx)
+    mask2 = get("prunefl").find_mask(ctx)
     assert torch.equal(mask2.kept, mask.kept) and torch.equal(other.flat, w)
 
 
@@ -142,15 +143,15 @@ def test_feddst_fraction_decays_by_cosine_to_zero():
 
 
 def test_readjustment_rounds_and_the_static_methods():
-    assert [r for r in range(1, 13) if METHODS["feddst"].readjusts(r, every=5)] == [5, 10]
-    assert not any(METHODS["random-clientwise"].readjusts(r, every=1) for r in range(1, 5))
+    assert [r for r in range(1, 13) if get("feddst").readjusts(r, every=5)] == [5, 10]
+    assert not any(get("random-clientwise").readjusts(r, every=1) for r in range(1, 5))
     for name in ("ssfl", "fedavg", "random", "magnitude", "snip-single"):
-        assert not METHODS[name].dynamic
+        assert get(name).rounds == "static" and get(name).shared_mask
 
 
 def test_clientwise_masks_differ_per_client_at_the_target_density():
     flat = cnn_flat()
-    m = METHODS["random-clientwise"]
+    m = get("random-clientwise")
     a = m.client_mask(flat, 0, seed=0, density=0.3, distribution="uniform")
     b = m.client_mask(flat, 1, seed=0, density=0.3, distribution="uniform")
     assert int(a.sum()) == int(b.sum()) == n_keep(0.3, flat.n_prunable)
@@ -160,5 +161,5 @@ def test_clientwise_masks_differ_per_client_at_the_target_density():
 
 def test_prunefl_server_keeps_top_importance():
     imp = np.array([0.5, 3.0, 0.0, 2.0])
-    kept = METHODS["prunefl"].server_mask(votes=None, weights=None, importance=imp, k=2)
+    kept = get("prunefl").server_mask(votes=None, weights=None, importance=imp, k=2)
     assert kept.tolist() == [False, True, False, True]

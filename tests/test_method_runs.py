@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssfl_mpi.config import METHODS
+from ssfl_mpi.methods import names
 from ssfl_mpi.results import read
 
 from .launch import launch
@@ -12,6 +12,7 @@ SMALL = ["--clients", "8", "--clients-per-round", "4", "--rounds", "4", "--local
          "--threads", "1", "--readjust-every", "2", "--sparsity", "0.8"]
 M = 4
 HEADER = 16
+METHODS = names()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch import nn
 
 from ssfl_mpi import data, models
 from ssfl_mpi.config import make_config
-from ssfl_mpi.methods import METHODS, MaskContext
+from ssfl_mpi.methods import MaskContext, get
 from ssfl_mpi.presets import load_preset
 from ssfl_mpi.protocol import local_spec
 from ssfl_mpi.seeding import torch_gen
@@ -90,7 +90,7 @@ def test_saliency_and_mask_match_the_reference_for_q_1_and_4(q):
     flat = FlatModel(models.build("cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=5))
     ctx = MaskContext(flat=flat, clients=clients, client_sizes=sizes, seed=0, density=0.5, batch_size=8,
                       saliency_batches=q, saliency_score="mean-abs", topk_ties="keep-all")
-    mask = METHODS["ssfl"].find_mask(ctx)
+    mask = get("ssfl").find_mask(ctx)
     assert torch.equal(mask.kept, expected)
     assert mask.n_kept >= n_keep(0.5, flat.n_prunable)
     ref_scores = torch.cat([v.flatten() for v in agg.values()]).float().numpy()
@@ -105,7 +105,7 @@ def test_q_above_1_scores_differ_between_the_two_definitions():
         flat = FlatModel(models.build("cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=5))
         ctx = MaskContext(flat=flat, clients=clients, client_sizes=sizes, seed=0, density=0.5, batch_size=4,
                           saliency_batches=4, saliency_score=score)
-        masks[score] = METHODS["ssfl"].find_mask(ctx).kept
+        masks[score] = get("ssfl").find_mask(ctx).kept
     jaccard = float((masks["mean-abs"] & masks["abs-mean-grad"]).sum() / (masks["mean-abs"] | masks["abs-mean-grad"]).sum())
     assert jaccard < 0.99
 

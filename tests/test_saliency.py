@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssfl_mpi.methods import METHODS, MaskContext
+from ssfl_mpi.methods import MaskContext, get
 from ssfl_mpi.errors import UsageError
 from ssfl_mpi.saliency import (MAX_CLIENTS, check_client_count, client_saliency, client_weights,
                                limbs_to_float, normalize_limbs, scale_exponent, to_limbs, topk_limbs)
@@ -186,7 +186,7 @@ def _mask_with_groups(groups, weighting="data-size", q=1):
         ctx = MaskContext(flat=flat, clients={k: clients[k] for k in group}, client_sizes=sizes, seed=0,
                           density=0.3, batch_size=4, saliency_batches=q, saliency_weighting=weighting,
                           reduce_max=rmax, reduce_sum_=rsum)
-        masks[i] = METHODS["ssfl"].find_mask(ctx)
+        masks[i] = get("ssfl").find_mask(ctx)
 
     threads = [threading.Thread(target=work, args=(i, g)) for i, g in enumerate(groups)]
     for t in threads:
@@ -212,13 +212,13 @@ def test_ssfl_mask_is_topk_of_the_weighted_score_sum():
     flat = FlatModel(_net())
     ctx = MaskContext(flat=flat, clients=clients, client_sizes=sizes.astype(int), seed=0, density=0.3,
                       batch_size=4)
-    mask = METHODS["ssfl"].find_mask(ctx)
+    mask = get("ssfl").find_mask(ctx)
     from ssfl_mpi.seeding import torch_gen
     total = sum(sizes[k] / sizes.sum() * client_saliency(flat, *clients[k], batch_size=4, n_batches=1,
                                                          gen=torch_gen(0, "saliency", k)) for k in range(5))
     expected = topk_mask(total, n_keep(0.3, flat.n_prunable))
     assert torch.equal(mask.kept, expected)
-    uniform = METHODS["ssfl"].find_mask(MaskContext(**{**ctx.__dict__, "saliency_weighting": "uniform"}))
+    uniform = get("ssfl").find_mask(MaskContext(**{**ctx.__dict__, "saliency_weighting": "uniform"}))
     assert not torch.equal(uniform.kept, mask.kept)  # the weighting matters on unbalanced clients
 
 
@@ -231,4 +231,4 @@ def test_non_finite_saliency_is_a_one_line_run_error():
     ctx = MaskContext(flat=FlatModel(_net()), clients=clients, client_sizes=sizes, seed=0, density=0.3,
                       batch_size=64)
     with pytest.raises(RunError, match="saliency of client 2 is not finite"):
-        METHODS["ssfl"].find_mask(ctx)
+        get("ssfl").find_mask(ctx)
