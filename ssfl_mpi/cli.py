@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, MODELS,
+from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, MODELS, REGROWTHS,
                      PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
                      make_config, method_names)
 from .presets import list_presets, load_preset
@@ -56,7 +56,10 @@ RUN_OPTIONS = [
     ("--mask-distribution", MASK_DISTRIBUTIONS, "random masks (random, random-clientwise, feddst's "
      "start): global uniform, uniform per layer, or Erdos-Renyi-Kernel"),
     ("--readjust-every", int, "feddst/prunefl: rounds between mask readjustments"),
-    ("--readjust-ratio", float, "feddst: fraction of active weights pruned and regrown, cosine-decayed"),
+    ("--readjust-ratio", float, "feddst, dispfl (its a, 0.5 in the paper): fraction of active weights pruned and regrown, cosine-decayed"),
+    ("--neighbours", int, "dispfl: random other clients averaged with each sampled client"),
+    ("--regrow", REGROWTHS, "dispfl: regrow weights by dense-minibatch gradient magnitude, or at random"),
+    ("--powerprop-beta", float, "sparsyfed: powerpropagation exponent, W = sign(w)|w|^beta (>= 1)"),
     ("--prox-mu", float, "FedProx proximal term mu (0: off), any method"),
     ("--lr-schedule", LR_SCHEDULES, "constant; exp-round: lr*decay^round, round 1 first (reference); "
      "exp-round-shifted: lr*decay^(round-1); cosine-restarts: "
@@ -93,6 +96,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     p.add_argument("--download", action="store_true", default=argparse.SUPPRESS,
                    help="let torchvision download the data set (needs network)")
+    p.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="topk: clients add what they did not send to their next update (residual kept per "
+                        "client, checkpointed)")
     p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                    help="replace an existing result file")
 

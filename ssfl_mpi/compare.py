@@ -71,25 +71,12 @@ class Selection:
 
 
 def variant(cfg: dict) -> str:
-    """A row label that tells apart the runs the comparison distinguishes (method and its knobs)."""
-    method = cfg["method"]
-    if method == "fedavg":
-        return "fedavg (dense)"
-    if method in ("random", "random-clientwise", "feddst"):
-        return f"{method} ({cfg['mask_distribution']})"
-    if method == "ssfl":
-        knobs = []
-        if cfg["saliency_weighting"] != "data-size":
-            knobs.append(f"{cfg['saliency_weighting']} weights")
-        if cfg["saliency_batches"] != 1:
-            knobs.append(f"Q={cfg['saliency_batches']}")
-        # Files of schema 1 lack these keys: they ran this project's defaults.
-        for key, default in (("saliency_score", "abs-mean-grad"), ("saliency_input", "plain"),
-                             ("topk_ties", "exact-k")):
-            if cfg.get(key, default) != default:
-                knobs.append(cfg[key])
-        return "ssfl" + (f" ({', '.join(knobs)})" if knobs else "")
-    return method
+    """A row label that tells apart the runs the comparison distinguishes: the method's own
+    (`Method.label`); a method this version does not know is labelled by its name."""
+    from . import methods
+
+    known = methods.registry()
+    return known[cfg["method"]].label(cfg) if cfg["method"] in known else str(cfg["method"])
 
 
 def check_run(path: str, d: dict) -> None:

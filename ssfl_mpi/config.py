@@ -14,10 +14,11 @@ from .errors import UsageError
 
 MASK_DISTRIBUTIONS = ("uniform", "layerwise", "erk")
 LR_SCHEDULES = ("constant", "exp-round", "exp-round-shifted", "cosine-restarts")
-DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100")
+DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100", "femnist", "shakespeare")
 TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
-MODELS = ("auto", "mlp", "cnn", "resnet18", "resnet18-torchvision")
-PARTITIONS = ("iid", "dirichlet", "dirichlet-balanced", "pathological")
+LEAF_DATASETS = ("femnist", "shakespeare")  # natural clients, read from LEAF's JSON files
+MODELS = ("auto", "mlp", "cnn", "resnet18", "resnet18-torchvision", "femnist-cnn", "char-lstm")
+PARTITIONS = ("auto", "iid", "dirichlet", "dirichlet-balanced", "pathological", "natural")
 SALIENCY_WEIGHTINGS = ("data-size", "uniform")
 # Kept torch-free (option errors stay fast); tests check them against saliency.py and data.py.
 SALIENCY_SCORES = ("abs-mean-grad", "mean-abs")
@@ -25,6 +26,7 @@ SALIENCY_INPUTS = ("plain", "augmented")
 TOPK_TIES = ("exact-k", "keep-all")
 AUGMENT_PADDINGS = ("black", "mean")
 DEVICES = ("auto", "cpu", "cuda")
+REGROWTHS = ("gradient", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +47,7 @@ class Config:
     momentum: float = 0.0
     weight_decay: float = 5e-4
     grad_clip: float = 10.0
-    partition: str = "dirichlet-balanced"
+    partition: str = "auto"  # natural for LEAF data sets, dirichlet-balanced for the others
     alpha: float = 0.3
     classes_per_client: int = 2
     sparsity: float = 0.5
@@ -58,6 +60,10 @@ class Config:
     mask_distribution: str = "uniform"  # random masks (and FedDST's initial mask)
     readjust_every: int = 10  # FedDST / PruneFL: rounds between mask changes
     readjust_ratio: float = 0.2  # FedDST: fraction of active weights pruned and regrown at round 0
+    neighbours: int = 10  # DisPFL: random other clients averaged with each sampled client
+    regrow: str = "gradient"  # DisPFL: regrow by dense-minibatch gradient magnitude, or at random
+    powerprop_beta: float = 1.25  # SparsyFed: W = sign(w)|w|^beta
+    error_feedback: bool = False  # topk: add the unsent residual to the next update
     prox_mu: float = 0.0  # FedProx proximal term (0: off)
     lr_schedule: str = "constant"
     lr_decay: float = 0.998  # exp-round: lr * decay^(round-1)
@@ -89,11 +95,13 @@ class Config:
         _check_choice("mask-distribution", self.mask_distribution, MASK_DISTRIBUTIONS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("on-nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _check_choice("regrow", self.regrow, REGROWTHS)
         for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
                      "saliency_batches", "eval_every", "classes_per_client", "readjust_every", "checkpoint_every",
                      "lr_period"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("threads", self.threads, minimum=0)
+        _check_int("neighbours", self.neighbours, minimum=0)
         _check_int("seed", self.seed, minimum=0)
         if self.clients_per_round > self.clients:
             raise UsageError(f"--clients-per-round ({self.clients_per_round}) must not exceed "
@@ -108,7 +116,7 @@ class Config:
             raise UsageError(f"--alpha must be > 0 (Dirichlet concentration), got {self.alpha}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        for name in ("readjust_ratio", "lr_decay", "lr_min"):
+        for name in ("readjust_ratio", "lr_decay", "lr_min", "powerprop_beta"):
             _check_real(name, getattr(self, name))
         if not 0 <= self.readjust_ratio <= 1:
             raise UsageError(f"--readjust-ratio must be in [0, 1], got {self.readjust_ratio}")
@@ -125,6 +133,23 @@ class Config:
             raise UsageError(f"--momentum must be < 1, got {self.momentum}")
         if self.synthetic_alpha < 0 or self.synthetic_beta < 0:
             raise UsageError("--synthetic-alpha and --synthetic-beta must be >= 0")
+        if not isinstance(self.error_feedback, bool):
+            raise UsageError(f"--error-feedback must be true or false, got {self.error_feedback!r}")
+        from .methods import get
+
+        problem = get(self.method).check_config(self)
+        if problem:
+            raise UsageError(problem)
+        if self.partition == "natural" and self.dataset not in LEAF_DATASETS:
+            raise UsageError(f"--partition natural needs a data set with natural clients "
+                             f"({', '.join(LEAF_DATASETS)}), not {self.dataset}")
+        if self.dataset in LEAF_DATASETS:
+            if self.download:
+                raise UsageError(f"--download: {self.dataset} is not downloadable here; produce LEAF's JSON "
+                                 f"files with LEAF's preprocess.sh (see the README) and pass --data-root")
+            if not Path(self.data_root).is_dir():
+                raise UsageError(f"data root {self.data_root!r} does not exist: pass --data-root LEAF's "
+                                 f"data/{self.dataset}/data folder (see the README)")
         if self.dataset in TORCHVISION_DATASETS and not self.download:
             if not Path(self.data_root).is_dir():
                 raise UsageError(f"data root {self.data_root!r} does not exist: put {self.dataset} "
@@ -134,6 +159,12 @@ class Config:
     @property
     def density(self) -> float:
         return 1.0 - self.sparsity
+
+    @property
+    def partition_scheme(self) -> str:
+        if self.partition != "auto":
+            return self.partition
+        return "natural" if self.dataset in LEAF_DATASETS else "dirichlet-balanced"
 
     @property
     def sparse(self) -> bool:

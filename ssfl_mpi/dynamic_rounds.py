@@ -70,8 +70,10 @@ class DynamicServer(ServerBase):
         return self.method.client_mask(self.s.flat, cid, seed=cfg.seed, density=cfg.density,
                                        distribution=cfg.mask_distribution)
 
-    def client_multiplier(self, cid: int) -> torch.Tensor:
-        return make_mask(self.s.flat, self.client_kept(cid)).multiplier
+    def _load_personal(self, cid: int) -> bool:
+        """A client's own model is the global one inside its own mask."""
+        self.s.flat.flat.detach().mul_(make_mask(self.s.flat, self.client_kept(cid)).multiplier)
+        return True
 
     def _downlink(self, plan: RoundPlan) -> tuple[list[np.ndarray], list[Mask]]:
         """One message per sampled client in client-id order (one object shared when masks are)."""
@@ -106,7 +108,8 @@ class DynamicServer(ServerBase):
         meta = gather_meta(comm, plan)
         row = self._aggregate(r, plan, masks, up, up_len, meta)
         row.update(bytes_down=down.total, meta_bytes_down=down.meta, masks_bitmap=row["masks_bitmap"] + down.bitmap,
-                   masks_indices=row["masks_indices"] + down.indices)
+                   masks_indices=row["masks_indices"] + down.indices,
+                   density_down=float(np.mean([m.density for m in masks])))
         return row
 
     def _aggregate(self, r: int, plan: RoundPlan, masks: list[Mask], up: np.ndarray,
@@ -120,6 +123,7 @@ class DynamicServer(ServerBase):
         weighted = torch.zeros(flat.numel, dtype=torch.float64)
         weight = torch.zeros(flat.numel, dtype=torch.float64)
         votes = np.zeros(n_prunable, dtype=np.int64)
+        densities = []
         importance = np.zeros(n_prunable, dtype=np.float64)
         traffic = _Traffic()
         skipped = 0
@@ -138,6 +142,7 @@ class DynamicServer(ServerBase):
             weighted.index_add_(0, idx, msg.values.double(), alpha=n_k)
             weight.index_add_(0, idx, torch.full((idx.numel(),), n_k, dtype=torch.float64))
             votes += m.kept.cpu().numpy()
+            densities.append(m.density)
             if msg.extra is not None:
                 importance += n_k * msg.extra.double().numpy()
         changes = 0
@@ -150,7 +155,8 @@ class DynamicServer(ServerBase):
             self.mask = make_mask(flat, torch.from_numpy(kept))
             self.global_flat.mul_(self.mask.multiplier.cpu())
         row.update(bytes_up=traffic.total, meta_bytes_up=traffic.meta, masks_bitmap=traffic.bitmap,
-                   masks_indices=traffic.indices, mask_changes=changes, clients_skipped=skipped)
+                   masks_indices=traffic.indices, mask_changes=changes, clients_skipped=skipped,
+                   density_up=float(np.mean(densities)) if densities else float("nan"))
         return row
 
     def _load_global(self) -> None:

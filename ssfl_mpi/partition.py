@@ -17,14 +17,29 @@ def _register(name):
 
 
 def partition(name: str, labels: np.ndarray, *, n_clients: int, rng: np.random.Generator,
-              alpha: float = 0.3, classes_per_client: int = 2) -> list[np.ndarray]:
-    """Indices into `labels` for each client, each sorted ascending."""
+              alpha: float = 0.3, classes_per_client: int = 2, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Indices into `labels` for each client, each sorted ascending. `groups` is the natural client
+    of each sample (writer, role) where the data set has one."""
     labels = np.asarray(labels)
     if len(labels) < n_clients:
         raise UsageError(f"{len(labels)} training samples cannot be split over {n_clients} clients")
     parts = PARTITIONERS[name](labels, n_clients=n_clients, rng=rng, alpha=alpha,
-                               classes_per_client=classes_per_client)
+                               classes_per_client=classes_per_client, groups=groups)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+@_register("natural")
+def natural(labels, *, n_clients, groups, **_):
+    """One client per natural group (LEAF writer or role): clients 0..K-1 are groups 0..K-1."""
+    if groups is None:
+        raise UsageError("--partition natural needs a data set with natural clients (femnist, shakespeare)")
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    if n_clients > n_groups:
+        raise UsageError(f"--clients {n_clients}: the data hold only {n_groups} natural clients (writers or "
+                         f"roles); use --clients {n_groups} or fewer")
+    order = np.argsort(groups, kind="stable")
+    bounds = np.searchsorted(groups[order], np.arange(n_clients + 1))
+    return [order[bounds[k]: bounds[k + 1]] for k in range(n_clients)]
 
 
 def balanced_sizes(n: int, n_clients: int) -> np.ndarray:

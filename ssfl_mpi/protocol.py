@@ -74,6 +74,7 @@ class ResumePoint:
     vector: np.ndarray | None = None
     kept: np.ndarray | None = None
     row: dict | None = None  # that round's row before evaluation
+    clients: dict | None = None  # per-client state arrays the server keeps (message methods)
 
 
 def home_ranks(n_clients: int, workers: int) -> np.ndarray:
@@ -149,29 +150,37 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
     threads = pick_threads(cfg.threads, comm.local_size)
     torch.set_num_threads(threads)
     device = pick_device(cfg.device, comm.local_rank)
-    with Phase(f"load {cfg.dataset}", announce=cfg.dataset in TORCHVISION_DATASETS) as ph:
+    with Phase(f"load {cfg.dataset}", announce=cfg.dataset not in ("digits", "synthetic")) as ph:
         ds = data.load(cfg.dataset, root=cfg.data_root, download=False,
                        synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
         ph.detail = f": {len(ds.train_labels)} training samples, {ds.n_classes} classes"
-    with Phase(f"partition {cfg.partition} over {cfg.clients} clients") as ph:
-        parts = partition(cfg.partition, ds.train_labels, n_clients=cfg.clients,
+    with Phase(f"partition {cfg.partition_scheme} over {cfg.clients} clients") as ph:
+        parts = partition(cfg.partition_scheme, ds.train_labels, n_clients=cfg.clients,
                           rng=np_rng(cfg.seed, "partition"), alpha=cfg.alpha,
-                          classes_per_client=cfg.classes_per_client)
+                          classes_per_client=cfg.classes_per_client, groups=ds.train_groups)
         sizes = np.array([len(p) for p in parts], dtype=np.int64)
         if sizes.min() == 0:
-            raise UsageError(f"partition {cfg.partition} left client {int(sizes.argmin())} without data")
+            raise UsageError(f"partition {cfg.partition_scheme} left client {int(sizes.argmin())} without data")
         home = home_ranks(cfg.clients, comm.workers)
         clients = {k: ds.train_subset(parts[k]) for k in range(cfg.clients) if home[k] == comm.rank}
         test = ds.test_set() if comm.is_server else None
         counts = label_counts(ds.train_labels, parts, ds.n_classes)
-        owner = (proportional_test_split(test[1].numpy(), counts, np_rng(cfg.seed, "personal-split"))
-                 if comm.is_server else None)
+        owner = None
+        if comm.is_server and cfg.partition_scheme == "natural":
+            # Each client's own test samples are its writer's (role's); the test set is theirs.
+            ours = ds.test_groups < cfg.clients
+            test, owner = (test[0][torch.from_numpy(ours)], test[1][torch.from_numpy(ours)]), ds.test_groups[ours]
+            if not len(owner):
+                raise UsageError(f"{cfg.dataset}: the first {cfg.clients} clients have no test samples")
+        elif comm.is_server:
+            owner = proportional_test_split(test[1].numpy(), counts, np_rng(cfg.seed, "personal-split"))
         ph.detail = f": {sizes.min()}-{sizes.max()} samples each"
     model_name = models.resolve(cfg.model, cfg.dataset)
     with Phase(f"build {model_name}") as ph:
         net = models.build(model_name, dataset=cfg.dataset, input_shape=ds.input_shape,
                            n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
         flat = FlatModel(net, device)
+        methods.get(cfg.method).prepare_model(flat, cfg=cfg)
         ph.detail = f": {flat.numel:,} parameters, {flat.n_prunable:,} prunable, on {device}"
     if methods.get(cfg.method).sparse and n_keep(cfg.density, flat.n_prunable) == 0:
         raise UsageError(f"--sparsity {cfg.sparsity} keeps 0 of the {flat.n_prunable:,} prunable weights of "
@@ -248,7 +257,7 @@ class ServerBase:
         up, down = self.method.setup_bytes(n_clients=cfg.clients, n_prunable=s.flat.n_prunable, mask=mask)
         return {
             "method": cfg.method, "dataset": cfg.dataset, "model": s.model_name,
-            "partition": cfg.partition, "sparsity": cfg.sparsity if self.method.sparse else 0.0,
+            "partition": cfg.partition_scheme, "sparsity": cfg.sparsity if self.method.sparse else 0.0,
             "density": mask.density, "seed": cfg.seed, "world_size": s.comm.size,
             "n_clients": cfg.clients, "clients_per_round": cfg.clients_per_round,
             "rounds": cfg.rounds, "config": cfg.to_json(), "mpi_library": mpi.library_version(),
@@ -278,7 +287,7 @@ class ServerBase:
                 # Round 0: the state before any training. From here on a stop or a kill always
                 # leaves a file that --resume accepts, however early it comes.
                 vector, kept = self._state()
-                self.writer.write_checkpoint({"round": 0}, vector=vector, kept=kept)
+                self.writer.write_checkpoint({"round": 0}, vector=vector, kept=kept, clients=self._client_arrays())
             elif self.resume.round > 0:  # the checkpointed round's row, which a kill may have cut off
                 self._finish(dict(self.resume.row))
             self._loop()
@@ -331,11 +340,15 @@ class ServerBase:
         r = row["round"]
         if force or r % self.cfg.checkpoint_every == 0 or r == self.cfg.rounds:
             vector, kept = self._state()
-            self.writer.write_checkpoint(row, vector=vector, kept=kept)
+            self.writer.write_checkpoint(row, vector=vector, kept=kept, clients=self._client_arrays())
 
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
         """(vector, kept) that resume from the round being finished."""
         raise NotImplementedError
+
+    def _client_arrays(self) -> dict[str, np.ndarray]:
+        """Per-client state to checkpoint with it ([K, n] arrays by name)."""
+        return {}
 
     def _write_mask(self) -> None:
         if self.method.sparse:
@@ -347,9 +360,10 @@ class ServerBase:
         """Put the global model of the round being finished into s.flat."""
         raise NotImplementedError
 
-    def client_multiplier(self, cid: int) -> torch.Tensor | None:
-        """The mask client cid trains in, when clients differ (None: the shared one)."""
-        return None
+    def _load_personal(self, cid: int) -> bool:
+        """Put client cid's own model into s.flat (over the global one loaded before); False when it
+        has none of its own."""
+        return False
 
     def _evaluate(self) -> dict:
         """The global model on the whole test set, and on each client's own split (unweighted
@@ -359,12 +373,13 @@ class ServerBase:
         x, y = s.test
         correct, loss = predict(s.flat, x, y)
         clients = split_accuracy(correct, s.test_owner, self.cfg.clients)
-        personal = clients if self.method.shared_mask else self._personal_per_client_masks()
+        own = self.method.personalized or not self.method.shared_mask
+        personal = self._personal() if own else clients
         return {"test_accuracy": float(correct.double().mean()), "test_loss": loss / len(y),
                 "client_accuracy": clients, "personal_accuracy": personal}
 
-    def _personal_per_client_masks(self) -> float:
-        """Each client's model is the global one inside its own mask, on its own split."""
+    def _personal(self) -> float:
+        """Each client's own model on its own split, unweighted mean over clients."""
         s = self.s
         x, y = s.test
         saved = s.flat.flat.detach().clone()
@@ -373,7 +388,8 @@ class ServerBase:
             idx = np.flatnonzero(s.test_owner == cid)
             if not len(idx):
                 continue
-            s.flat.flat.detach().mul_(self.client_multiplier(cid))
+            if not self._load_personal(cid):
+                raise RuntimeError(f"{self.cfg.method}: client {cid} has no model of its own")
             correct, _ = predict(s.flat, x[idx], y[idx])
             accs.append(float(correct.double().mean()))
             s.flat.flat.detach().copy_(saved)

@@ -17,8 +17,8 @@ import numpy as np
 from .errors import UsageError, WriteFailed
 from .lifecycle import poisoned
 
-SCHEMA = "ssfl-mpi/2"  # 2: client_accuracy, time_eval, /saliency; topk-ties etc. in the config
-READABLE_SCHEMAS = ("ssfl-mpi/1", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
+SCHEMA = "ssfl-mpi/3"  # 3: density_up/down, /checkpoint/clients; 2: client_accuracy, time_eval, /saliency
+READABLE_SCHEMAS = ("ssfl-mpi/1", "ssfl-mpi/2", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 # /rounds/<name>: one entry per completed round. Units are in the names' documentation below.
@@ -40,6 +40,10 @@ ROUND_FIELDS = {
     "masks_bitmap": np.int64,     # messages this round whose mask travelled as a bitmap
     "masks_indices": np.int64,    # messages this round whose mask travelled as int32 indices
     "mask_changes": np.int64,     # prunable weights that entered or left the shared mask this round
+                                  # (DisPFL: the clients' masks, summed over the round's clients)
+    "density_up": np.float64,     # mean over the round's uplink messages of the fraction of prunable
+                                  # weights whose values travel (Top-K: of all values)
+    "density_down": np.float64,   # the same for the downlink (SparsyFed: the global model's nonzeros)
     "clients_skipped": np.int64,  # updates left out for NaN/Inf (--on-nonfinite skip)
     "peak_rss_server_mb": np.float64,   # peak resident memory of rank 0 so far, MiB
     "peak_rss_workers_mb": np.float64,  # the largest peak resident memory of the worker ranks, MiB
@@ -229,13 +233,15 @@ class ResultWriter:
             ds[n] = value
         self.commit()
 
-    def write_checkpoint(self, row: dict, *, vector: np.ndarray, kept: np.ndarray) -> None:
+    def write_checkpoint(self, row: dict, *, vector: np.ndarray, kept: np.ndarray,
+                         clients: dict[str, np.ndarray] | None = None) -> None:
         """The state after round row["round"], committed as soon as the round is aggregated.
 
         With it goes that round's row as far as it is known before evaluation, so that a resumed
-        run can evaluate the checkpointed model and write the row a kill may have cut off. No other
-        state is needed: every random stream derives from (seed, purpose, client, round), and
-        clients keep nothing between rounds.
+        run can evaluate the checkpointed model and write the row a kill may have cut off. Besides
+        it, only the per-client state the server keeps (`clients`, [K, n] arrays under
+        /checkpoint/clients) is needed: every random stream derives from (seed, purpose, client,
+        round).
         """
         if "checkpoint" in self.f:
             del self.f["checkpoint"]
@@ -244,6 +250,10 @@ class ResultWriter:
         g.attrs["row"] = json.dumps({k: _plain(v) for k, v in row.items()})
         g.create_dataset("vector", data=np.asarray(vector, dtype=np.float32))
         g.create_dataset("kept", data=np.asarray(kept, dtype=bool), compression="gzip", shuffle=True)
+        if clients:
+            c = g.create_group("clients")
+            for name, a in clients.items():
+                c.create_dataset(name, data=a, **({"compression": "gzip", "shuffle": True} if a.dtype == bool else {}))
         self.commit()
 
     def write_saliency(self, scores: np.ndarray, attrs: dict) -> None:
@@ -322,6 +332,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             round_ = int(g.attrs["round"])
             row = json.loads(_plain(g.attrs["row"]))
             vector, kept = g["vector"][()], g["kept"][()]
+            clients = {name: ds[()] for name, ds in g["clients"].items()} if "clients" in g else {}
         except (KeyError, ValueError, TypeError, OSError) as exc:
             raise bad(f"its checkpoint is incomplete or unreadable ({exc})") from None
         if not 0 <= round_ <= config["rounds"]:
@@ -345,7 +356,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         if set(lengths) != set(ROUND_FIELDS) or len(set(lengths.values())) != 1:
             raise bad("its /rounds columns are missing or of unequal length")
         return {"config": config, "status": status, "round": round_, "row": row, "vector": vector,
-                "kept": kept}
+                "kept": kept, "clients": clients}
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -370,11 +381,16 @@ def read(path: str | os.PathLike) -> dict:
             out["attrs"]["status"]  # noqa: B018 - presence check
             for group in ("mask", "partition", "model", "checkpoint", "saliency"):
                 if group in f:
-                    out[group] = {k: f[group][k][()] for k in f[group]}
+                    out[group] = _arrays(f[group])
         except (KeyError, ValueError, TypeError, OSError, AttributeError) as exc:
             raise UsageError(f"{str(path)!r} is a damaged ssfl-mpi result file ({type(exc).__name__}: "
                              f"{exc})") from None
         return out
+
+
+def _arrays(group: h5py.Group) -> dict:
+    """A group's datasets as arrays, its subgroups as nested dicts."""
+    return {k: _arrays(v) if isinstance(v, h5py.Group) else v[()] for k, v in group.items()}
 
 
 def _plain(value):

@@ -9,12 +9,18 @@ import torch
 
 from . import comm as mpi
 from .config import Config
+from .clientstate import check_arrays
 from .dynamic_rounds import DynamicServer, DynamicWorker
 from .lifecycle import inject_fault
 from . import methods
 from .protocol import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
+from .message_rounds import MessageServer, MessageWorker
 from .static_rounds import StaticServer, StaticWorker
+
+# Method.rounds -> (server, worker) of the protocol that runs it
+PROTOCOLS = {"static": (StaticServer, StaticWorker), "masks": (DynamicServer, DynamicWorker),
+             "messages": (MessageServer, MessageWorker)}
 
 __all__ = ["run", "setup", "find_mask", "ResumePoint"]
 
@@ -38,10 +44,16 @@ def resumed_mask(s: Setup, resume: ResumePoint) -> Mask:
     mask = make_mask(s.flat, torch.from_numpy(kept.astype(bool)))
     s.flat.flat.detach().mul_(mask.multiplier)
     if s.comm.is_server:
-        expected = s.flat.numel if methods.get(s.cfg.method).rounds != "static" else mask.payload
+        method = methods.get(s.cfg.method)
+        expected = s.flat.numel if method.rounds != "static" else mask.payload
         if resume.vector.size != expected:
             error = (f"--resume: {str(resume.path)!r} cannot be resumed: its checkpoint vector holds "
                      f"{resume.vector.size} values, this method and mask need {expected}")
+        else:
+            spec = method.client_state(s.cfg, s.flat) if method.rounds == "messages" else {}
+            defect = check_arrays(spec, s.cfg.clients, resume.clients or {})
+            if defect:
+                error = f"--resume: {str(resume.path)!r} cannot be resumed: {defect}"
     s.comm.agree(error)
     return mask
 
@@ -51,8 +63,8 @@ def run(cfg: Config, comm: mpi.Comm, resume: ResumePoint | None = None) -> Path 
     s = setup(cfg, comm, resuming=resume is not None)
     inject_fault(comm.rank, 0)
     mask = resumed_mask(s, resume) if resume else find_mask(s)
-    dynamic = methods.get(cfg.method).rounds != "static"
+    server, worker = PROTOCOLS[methods.get(cfg.method).rounds]
     if comm.is_server:
-        return (DynamicServer if dynamic else StaticServer)(s, mask, resume).run()
-    (DynamicWorker if dynamic else StaticWorker)(s, mask, resume).run()
+        return server(s, mask, resume).run()
+    worker(s, mask, resume).run()
     return None

@@ -18,6 +18,9 @@ PURPOSES = {
     "client-mask": 9,
     "regrow": 10,
     "personal-split": 11,
+    "powerprop-init": 12,
+    "neighbours": 13,
+    "natural": 14,
 }
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 PRUNABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+RECURRENT_MODULES = (nn.LSTM, nn.GRU, nn.RNN)  # their weight_ih_l*/weight_hh_l* matrices are prunable
 
 
 class FlatModel:
@@ -36,6 +37,9 @@ class FlatModel:
         prunable_names = {f"{mod_name}.weight" if mod_name else "weight"
                           for mod_name, mod in self.model.named_modules()
                           if isinstance(mod, PRUNABLE_MODULES)}
+        prunable_names |= {f"{mod_name}.{p}" if mod_name else p
+                           for mod_name, mod in self.model.named_modules() if isinstance(mod, RECURRENT_MODULES)
+                           for p, _ in mod.named_parameters(recurse=False) if p.startswith("weight_")}
         self.prunable = [i for i, n in enumerate(self.names) if n in prunable_names]
         positions = [torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in self.prunable]
         self.prunable_idx = torch.cat(positions).to(device) if positions else torch.empty(0, dtype=torch.int64)

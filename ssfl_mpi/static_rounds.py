@@ -55,7 +55,8 @@ class StaticServer(ServerBase):
         payload_bytes = self.mask.payload * self.global_np.itemsize * len(order)
         row.update(bytes_up=int(updates.nbytes), bytes_down=payload_bytes, meta_bytes_up=0,
                    meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0,
-                   clients_skipped=len(order) - len(good))
+                   clients_skipped=len(order) - len(good), density_up=self.mask.density,
+                   density_down=self.mask.density)
         return row
 
     def _load_global(self) -> None:

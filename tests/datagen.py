@@ -12,6 +12,7 @@ them: load with SSFL_MPI_TEST_UNVERIFIED_DATA=1).
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -80,15 +81,65 @@ def write(name: str, root: Path, *, n_train: int, n_test: int, seed: int = 0) ->
     return writer(name, Path(root), n_train=n_train, n_test=n_test, seed=seed)
 
 
+LEAF_USERS_PER_FILE = 100  # LEAF's own limit
+
+
+def write_leaf(name: str, root: Path, *, writers: int, per_writer: tuple[int, int] = (8, 20),
+               train_fraction: float = 0.9, seed: int = 0) -> Path:
+    """LEAF's data/<name>/data layout: train/ and test/ folders of JSON files of at most 100 users.
+
+    FEMNIST: writers "f0000_00"..., x 784 floats in [0, 1], y in 0..61, each writer favouring a few
+    classes (learnable skew). Shakespeare: roles "PLAY_ROLE_n" with `hierarchies`, x 80-character
+    strings over LEAF's vocabulary, y the next character of the role's text.
+    """
+    from ssfl_mpi.data import LEAF_LETTERS
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root)
+    for split in ("train", "test"):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+    splits = {"train": [], "test": []}
+    for w in range(writers):
+        n = int(rng.integers(*per_writer))
+        if name == "femnist":
+            user = f"f{w:04d}_{w % 100:02d}"
+            favourite = rng.choice(62, size=3, replace=False)
+            y = rng.choice(favourite, size=n)
+            protos = np.random.default_rng(1000 + seed).random((62, 784)) < 0.2
+            x = np.clip(protos[y] + rng.normal(0, 0.2, (n, 784)), 0, 1).round(4)
+            data = [(x[i].tolist(), int(y[i])) for i in range(n)]
+        else:
+            user = f"PLAY_{w // 5}_ROLE_{w}"
+            text = "".join(rng.choice(list(LEAF_LETTERS[:60]), size=n + 80))
+            data = [(text[i: i + 80], text[i + 80]) for i in range(n)]
+        n_train = max(1, int(round(train_fraction * n)))
+        splits["train"].append((user, data[:n_train]))
+        splits["test"].append((user, data[n_train:]))
+    for split, users in splits.items():
+        for f in range(0, len(users), LEAF_USERS_PER_FILE):
+            chunk = users[f: f + LEAF_USERS_PER_FILE]
+            d = {"users": [u for u, _ in chunk], "num_samples": [len(s) for _, s in chunk],
+                 "user_data": {u: {"x": [a for a, _ in s], "y": [b for _, b in s]} for u, s in chunk}}
+            if name == "shakespeare":
+                d["hierarchies"] = [u.split("_ROLE_")[0] for u, _ in chunk]
+            tag = f"all_data_{f // LEAF_USERS_PER_FILE}_niid_0_keep_0_{split}_9.json"
+            (folder / split / tag).write_text(json.dumps(d))
+    return folder
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dataset", choices=(*CIFAR_CLASSES, *MNIST_FOLDERS))
+    p.add_argument("dataset", choices=(*CIFAR_CLASSES, *MNIST_FOLDERS, "femnist", "shakespeare"))
     p.add_argument("root")
     p.add_argument("--train", type=int, default=50000)
     p.add_argument("--test", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--writers", type=int, default=300, help="femnist/shakespeare: writers or roles")
     a = p.parse_args()
-    print(write(a.dataset, Path(a.root), n_train=a.train, n_test=a.test, seed=a.seed))
+    if a.dataset in ("femnist", "shakespeare"):
+        print(write_leaf(a.dataset, Path(a.root), writers=a.writers, seed=a.seed))
+    else:
+        print(write(a.dataset, Path(a.root), n_train=a.train, n_test=a.test, seed=a.seed))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def test_unknown_key_unreadable_and_invalid_files(tmp_path):
 def test_cli_errors_are_usage_errors():
     parser = build_parser()
     with pytest.raises(UsageError, match="invalid choice"):
-        parser.parse_args(["run", "--method", "sparsyfed"])
+        parser.parse_args(["run", "--method", "fedsparse"])
     with pytest.raises(UsageError, match="invalid float"):
         parser.parse_args(["run", "--sparsity", "half"])
     args = parser.parse_args(["run", "--sparsity", "0.9"])

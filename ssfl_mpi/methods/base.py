@@ -52,7 +52,12 @@ class Method:
     personalized = False   # clients keep models of their own (personal accuracy is theirs)
     long_setup = False     # mask discovery can take minutes: announce it before it starts
 
-    def prepare_model(self, flat: FlatModel, *, seed: int) -> None:
+    def label(self, cfg: dict) -> str:
+        """The row label in tables: the method and the settings of its own that tell runs apart.
+        cfg is a stored config (a dict; files of older schemas may lack newer keys)."""
+        return cfg["method"]
+
+    def prepare_model(self, flat: FlatModel, *, cfg) -> None:
         """Change the freshly built initial model (same on every rank); most methods leave it."""
 
     def find_mask(self, ctx: MaskContext) -> Mask:

@@ -28,6 +28,11 @@ class RandomClientwise(Method):
     summary = "each client its own random mask; coordinates averaged over their holders"
     rounds = "masks"
     shared_mask = False
+
+    def label(self, cfg: dict) -> str:
+        if cfg["method"] in ("random-clientwise", "feddst"):
+            return f"{cfg['method']} ({cfg['mask_distribution']})"
+        return cfg["method"]
     client_regrows = False  # clients change their mask on readjustment rounds (FedDST)
     collects_importance = False  # clients send squared-gradient importance then (PruneFL)
 

@@ -24,6 +24,9 @@ class FedAvg(Method):
     summary = "dense FedAvg (McMahan et al. 2017)"
     sparse = False
 
+    def label(self, cfg: dict) -> str:
+        return "fedavg (dense)"
+
     def find_mask(self, ctx: MaskContext) -> Mask:
         return dense_mask(ctx.flat)
 
@@ -34,6 +37,21 @@ class SSFL(Method):
     name = "ssfl"
     summary = "Salient Sparse FL: one global mask from size-weighted client |g*w| saliency"
     long_setup = True
+
+    def label(self, cfg: dict) -> str:
+        if cfg["method"] != "ssfl":
+            return cfg["method"]
+        knobs = []
+        if cfg["saliency_weighting"] != "data-size":
+            knobs.append(f"{cfg['saliency_weighting']} weights")
+        if cfg["saliency_batches"] != 1:
+            knobs.append(f"Q={cfg['saliency_batches']}")
+        # Files of schema 1 lack these keys: they ran this project's defaults.
+        for key, default in (("saliency_score", "abs-mean-grad"), ("saliency_input", "plain"),
+                             ("topk_ties", "exact-k")):
+            if cfg.get(key, default) != default:
+                knobs.append(cfg[key])
+        return "ssfl" + (f" ({', '.join(knobs)})" if knobs else "")
 
     def _weights(self, ctx: MaskContext) -> np.ndarray:
         return client_weights(ctx.client_sizes, ctx.saliency_weighting)
@@ -99,6 +117,9 @@ class RandomStatic(Method):
 
     name = "random"
     summary = "a random shared mask (--mask-distribution)"
+
+    def label(self, cfg: dict) -> str:
+        return f"{cfg['method']} ({cfg['mask_distribution']})" if cfg["method"] == "random" else cfg["method"]
 
     def find_mask(self, ctx: MaskContext) -> Mask:
         kept = random_mask(ctx.flat.prunable_shapes(), ctx.k, ctx.mask_distribution,

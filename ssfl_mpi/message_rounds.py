@@ -1,0 +1,156 @@
+"""Rounds of methods that send named-field messages (DisPFL, SparsyFed, Top-K): the method decides
+what travels, this module moves it and counts it.
+
+Per round: Bcast of the downlink lengths, then Bcast of the one shared message or Scatterv of the
+per-client ones; Gatherv of uplink lengths, Gatherv of the uplink bytes, Gatherv of metadata.
+bytes_up/bytes_down are the sizes of those buffers without the client-state fields (see `fields`).
+The server keeps every client's state (`ClientStore`), which checkpoints and resumes with the run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from . import fields, methods
+from .clientstate import ClientStore
+from .dynamic_rounds import _rank_sums
+from .errors import Interrupted
+from .lifecycle import inject_fault, poisoned
+from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
+                       report_rss, send_meta)
+from .sparse import Mask, make_mask
+
+
+class MessageServer(ServerBase):
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
+        super().__init__(s, mask, resume)
+        self.flat = s.flat
+        self.store = ClientStore(self.method.client_state(s.cfg, s.flat), s.cfg.clients)
+        if resume:
+            self.global_flat = torch.from_numpy(resume.vector.astype(np.float32).copy())
+            self.store.load(resume.clients or {})
+        else:
+            self.global_flat = s.flat.flat.detach().cpu().clone()
+            self.method.init_clients(self)
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.global_flat.numpy().copy(), self.mask.kept.cpu().numpy()
+
+    def _client_arrays(self) -> dict[str, np.ndarray]:
+        return self.store.arrays
+
+    def _round(self, r: int) -> dict:
+        comm = self.s.comm
+        plan = RoundPlan(self.s, r)
+        down = self.method.downlink(self, r, plan.clients)
+        shared = isinstance(down, dict)
+        msgs = [fields.encode(down)] if shared else [fields.encode(m) for m in down]
+        lengths = np.array([msgs[0].size] * len(plan.clients) if shared else [m.size for m in msgs], dtype=np.int64)
+        comm.bcast_(np.append(lengths, int(shared)))  # the last entry says: one broadcast message
+        if shared:
+            comm.bcast_(msgs[0])
+        else:
+            by_rank = np.argsort(self.s.home[plan.clients], kind="stable")  # Scatterv order
+            comm.scatterv(np.concatenate([msgs[i] for i in by_rank]), _rank_sums(lengths[by_rank], plan.per_rank))
+        traffic_down = fields.Traffic()
+        for m in msgs:
+            traffic_down.add(m, times=len(plan.clients) if shared else 1)
+        self._finish_previous()
+        up_len = comm.gatherv(np.empty(0, np.int64), plan.per_rank)
+        up = comm.gatherv(np.empty(0, np.uint8), _rank_sums(up_len, plan.per_rank))
+        meta = gather_meta(comm, plan)
+        row, order, sizes = self._round_row(r, plan, meta)
+        offsets = np.concatenate([[0], np.cumsum(up_len)])
+        received = {int(meta["client"][i]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
+        traffic_up = fields.Traffic()
+        updates, weights = {}, {}
+        for j, i in enumerate(order):
+            cid = int(meta["client"][i])
+            buf = received[cid]
+            traffic_up.add(buf)
+            msg = fields.decode(buf)
+            if self._finite_or_skip(r, cid, *[t for t in msg.values() if t.dtype == torch.float32]):
+                updates[cid], weights[cid] = msg, float(sizes[j])
+        extra = self.method.aggregate(self, r, updates, weights) if updates else {}
+        kept = self.method.global_kept(self)
+        if kept is not None:
+            self.mask = make_mask(self.flat, kept)
+        row.update(bytes_up=traffic_up.total, bytes_down=traffic_down.total, meta_bytes_up=traffic_up.meta,
+                   meta_bytes_down=traffic_down.meta, masks_bitmap=traffic_up.bitmap + traffic_down.bitmap,
+                   masks_indices=traffic_up.positions + traffic_down.positions,
+                   mask_changes=int(extra.get("mask_changes", 0)), clients_skipped=len(order) - len(updates),
+                   density_up=float(extra.get("density_up", np.nan)),
+                   density_down=float(extra.get("density_down", np.nan)))
+        return row
+
+    def _load_global(self) -> None:
+        self.s.flat.flat.detach().copy_(self.global_flat)
+
+    def _load_personal(self, cid: int) -> bool:
+        vector = self.method.personal_vector(self, cid)
+        if vector is None:
+            return False
+        self.s.flat.flat.detach().copy_(vector)
+        return True
+
+
+class MessageWorker:
+    def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
+        self.s, self.cfg, self.flat, self.device = s, s.cfg, s.flat, s.device
+        self.start = resume.round + 1 if resume else 1
+        self.method = methods.get(s.cfg.method)
+        self.spec = local_spec(s.cfg, s.dataset)
+
+    def run(self) -> None:
+        for r in range(self.start, self.cfg.rounds + 1):
+            inject_fault(self.s.comm.rank, r)
+            if self.s.comm.any_(self.s.stop.set):
+                raise Interrupted
+            self._round(RoundPlan(self.s, r))
+        inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
+
+    def _receive(self, plan: RoundPlan) -> dict[int, np.ndarray]:
+        s, comm = self.s, self.s.comm
+        lengths = np.empty(len(plan.clients) + 1, dtype=np.int64)
+        comm.bcast_(lengths)
+        shared, lengths = bool(lengths[-1]), lengths[:-1]
+        mine = s.home[plan.clients] == comm.rank
+        if shared:
+            buf = np.empty(int(lengths[0]), dtype=np.uint8)
+            comm.bcast_(buf)
+            return {int(cid): buf for cid in plan.clients[mine]}
+        by_rank = np.argsort(s.home[plan.clients], kind="stable")
+        buf = comm.scatterv(None, _rank_sums(lengths[by_rank], plan.per_rank), dtype=np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(lengths[mine])])
+        return {int(cid): buf[offsets[i]: offsets[i + 1]] for i, cid in enumerate(plan.clients[mine])}
+
+    def _round(self, plan: RoundPlan) -> None:
+        s, comm, r = self.s, self.s.comm, plan.r
+        comm.reset_timer()
+        received = self._receive(plan)
+        out, meta = [], new_meta(len(received))
+        for i, cid in enumerate(sorted(received)):
+            t0 = time.perf_counter()
+            x, y = s.clients[cid]
+            reply, loss = self.method.client_update(self, cid, fields.decode(received[cid]), x, y, r)
+            if poisoned("nan", cid, r):
+                first = next(k for k, f in reply.items() if f.role == "values")
+                bad = torch.as_tensor(reply[first].data).clone()
+                bad.view(-1)[0] = float("nan")
+                reply[first] = fields.values(bad)
+            out.append(fields.encode(reply))
+            meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
+        lengths = np.array([m.size for m in out], dtype=np.int64)
+        comm.gatherv(lengths, plan.per_rank)
+        counts = np.zeros(comm.size, dtype=np.int64)
+        counts[comm.rank] = lengths.sum()  # only the root's counts matter to Gatherv
+        buf = np.concatenate(out) if out else np.empty(0, np.uint8)
+        if poisoned("count", comm.rank, r):
+            buf = buf[:-1]
+        comm.gatherv(buf, counts)
+        meta["comm_s"] = comm.reset_timer()
+        send_meta(comm, meta, plan)
+        report_rss(comm)
