@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 # (flag, type or choices, help). Defaults live in Config only: unset flags do not override the file.
 RUN_OPTIONS = [
-    ("--method", method_names, "federated method"),
+    ("--method", method_names, "federated method (`ssfl-mpi presets` says one line on each)"),
     ("--dataset", DATASETS, "data set; digits and synthetic ship offline"),
     ("--data-root", str, "folder holding torchvision data sets"),
     ("--model", MODELS, "model; auto picks by data set"),
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "client's own model")
     table.add_argument("--out", help="also write the table to this file")
     table.set_defaults(func=cmd_table)
-    presets = sub.add_parser("presets", help="list the shipped presets")
+    presets = sub.add_parser("presets", help="list the shipped presets and the methods")
     presets.set_defaults(func=cmd_presets)
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
@@ -247,6 +247,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if mpi.world_rank() == 0:
         for name, summary in list_presets():
             print(f"{name:16s} {summary}")
+        from .methods import registry
+
+        print("\nmethods (--method):")
+        for name, method in registry().items():
+            print(f"  {name:18s} {method.summary}")
     return EXIT_OK
 
 

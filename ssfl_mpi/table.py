@@ -17,6 +17,19 @@ def _cell(values: list[float], scale: float = 100.0) -> str:
     return f"{v.mean():.1f}{spread}"
 
 
+def _density(group: list) -> str:
+    """Achieved density up/down (mean over rounds and seeds) where it is not the run's mask density:
+    what SparsyFed, Top-K and DisPFL really sent."""
+    if any("density_up" not in r.rounds for r in group):
+        return ""
+    up = float(np.mean([np.nanmean(r.rounds["density_up"]) for r in group]))
+    down = float(np.mean([np.nanmean(r.rounds["density_down"]) for r in group]))
+    mask = float(np.mean([r.attrs["density"] for r in group]))
+    if abs(up - mask) < 1e-3 and abs(down - mask) < 1e-3:
+        return ""
+    return f", density {up:.2f} up / {down:.2f} down"
+
+
 def markdown(sel: Selection, *, metric: str = "acc") -> str:
     """Rows: variants; columns: sparsities; a cell: mean ± sample std over seeds, MB up+down per
     round, and n, the number of seeds averaged. Left-out files are listed under the table."""
@@ -25,7 +38,7 @@ def markdown(sel: Selection, *, metric: str = "acc") -> str:
     labels = sorted({label for label, _ in cells}, key=lambda l: (l != "fedavg (dense)", l))
     head = "| method | " + " | ".join(f"S = {s:g}" for s in sparsities) + " |"
     lines = [f"Final accuracy (%): {METRICS[metric][1]}; mean ± sample std over the n seeds; MB per round "
-             f"up + down in brackets.", "", head, "|---" * (len(sparsities) + 1) + "|"]
+             f"up + down in brackets, with the density sent up and down where it is not the mask's.", "", head, "|---" * (len(sparsities) + 1) + "|"]
     for label in labels:
         row = []
         for s in sparsities:
@@ -34,7 +47,7 @@ def markdown(sel: Selection, *, metric: str = "acc") -> str:
                 row.append("–")
                 continue
             mb = np.mean([np.mean(r.rounds["bytes_up"] + r.rounds["bytes_down"]) for r in group]) / 1e6
-            row.append(f"{_cell([r.final for r in group])} ({mb:.3f} MB) n={len(group)}")
+            row.append(f"{_cell([r.final for r in group])} ({mb:.3f} MB{_density(group)}) n={len(group)}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     if sel.left_out:
         lines += ["", "Left out:"] + [f"- `{path}`: {why}" for path, why in sel.left_out]
