@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -18,14 +20,19 @@ PURPOSES = {
     "client-mask": 9,
     "regrow": 10,
     "personal-split": 11,
-    "powerprop-init": 12,
-    "neighbours": 13,
-    "natural": 14,
 }
 
 
+def purpose_code(purpose: str) -> int:
+    """The fixed code above, or for any other name a stable one of its own (CRC-32, above 2^16), so
+    that a new method's module can name its streams without editing this list."""
+    if purpose in PURPOSES:
+        return PURPOSES[purpose]
+    return (1 << 16) + zlib.crc32(purpose.encode())
+
+
 def _key(seed: int, purpose: str, ids) -> list[int]:
-    return [int(seed), PURPOSES[purpose], *(int(i) for i in ids)]
+    return [int(seed), purpose_code(purpose), *(int(i) for i in ids)]
 
 
 def np_rng(seed: int, purpose: str, *ids: int) -> np.random.Generator:

@@ -43,6 +43,7 @@ class Cell:
     name: str
     options: dict  # run options, preset already merged
     path: Path
+    varied: tuple = ()  # the options its variant and axes set (what tells it from the base)
 
 
 def _options(raw: dict, where: str) -> dict:
@@ -108,7 +109,8 @@ def load_grid(name: str, *, validate: bool = True) -> list[Cell]:
             seen.add(name)
             if validate:  # every cell is valid (data present, ...) before the first one runs
                 make_config(dict(options), {})
-            cells.append(Cell(index=index, name=name, options=options, path=out_dir / f"{name}.h5"))
+            varied = tuple(dict.fromkeys([*v_opts, *_options(point, "[axes]")]))
+            cells.append(Cell(index=index, name=name, options=options, path=out_dir / f"{name}.h5", varied=varied))
     return cells
 
 
@@ -161,11 +163,16 @@ def run_sweep(world, cells: list[Cell], *, only: int | None = None) -> dict:
     return done
 
 
+def _flag(key: str, value) -> str:
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def listing(cells: list[Cell]) -> str:
     lines = []
     for c in cells:
-        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in c.options.items()
-                        if k in ("method", "sparsity", "seed", "mask_distribution", "saliency_batches",
-                                 "saliency_weighting", "alpha", "dataset"))
+        opts = " ".join(_flag(k, c.options[k]) for k in c.varied)
         lines.append(f"{c.index:4d}  {cell_status(c.path):11s}  {c.path}  {opts}")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ M = 4
 VARIANTS = {"dispfl": ["--method", "dispfl", "--readjust-ratio", "0.5"],
             "sparsyfed": ["--method", "sparsyfed"],
             "topk": ["--method", "topk"],
-            "topk-ef": ["--method", "topk", "--error-feedback"]}
+            "topk-ef": ["--method", "topk", "--error-feedback"],
+            "lotteryfl": ["--method", "lotteryfl", "--sparsity", "0.5"]}
 
 
 def same_run(a, b):
@@ -113,6 +114,14 @@ def test_topk_bytes_are_k_values_and_a_bitmap_up_the_dense_model_down(runs, name
     if has_residual:
         res = runs[name, 3]["checkpoint"]["clients"]["residual"]
         assert np.count_nonzero(np.abs(res).sum(1)) >= M  # the round's clients kept what they did not send
+
+
+def test_lotteryfl_prunes_personal_masks_down_to_the_floor_only(runs):
+    r = runs["lotteryfl", 3]
+    masks = r["checkpoint"]["clients"]["mask"]
+    floor = int(np.floor(0.5 * r["attrs"]["n_prunable"] + 1e-9))
+    assert (masks.sum(1) >= floor).all() and (masks.sum(1) < r["attrs"]["n_prunable"]).any()
+    assert np.isfinite(r["rounds"]["personal_accuracy"]).all()
 
 
 def test_table_and_report_show_the_baselines(runs, tmp_path):

@@ -238,6 +238,39 @@ def test_dispfl_neighbours_are_distinct_others_plus_self_and_seeded():
     assert DisPFL().neighbours(Config(method="dispfl", clients=4, clients_per_round=2), 1, 1) == [0, 1, 2, 3]
 
 
+# --- LotteryFL -------------------------------------------------------------------------
+
+def test_lotteryfl_prunes_ten_percent_rewinds_and_stops_at_the_floor(monkeypatch):
+    import ssfl_mpi.methods.lotteryfl as lottery
+
+    flat = cnn_flat()
+    method = lottery.LotteryFL()
+    method.prepare_model(flat, cfg=Config(method="lotteryfl"))
+    initial = flat.flat.detach().clone()
+    wk = worker(flat, method="lotteryfl", sparsity=0.5)
+    x, y = data()
+    monkeypatch.setattr(lottery, "ACC_THRESHOLD", -1.0)  # any accuracy qualifies
+    dense = torch.ones(flat.n_prunable, dtype=torch.bool)
+    trained = initial + 0.01  # the global model it receives
+    reply, _ = method.client_update(wk, 0, {"values": trained.clone(), "mask": dense}, x, y, 1)
+    changes = reply["changes"].data
+    assert int(changes.sum()) == math.ceil(0.1 * flat.n_prunable)
+    pruned = torch.nonzero(changes).flatten()
+    survivors = torch.nonzero(~changes).flatten()
+    assert trained[flat.prunable_idx][pruned].abs().max() <= trained[flat.prunable_idx][survivors].abs().min()
+    floor = n_keep(0.5, flat.n_prunable)
+    at_floor = torch.zeros(flat.n_prunable, dtype=torch.bool)
+    at_floor[:floor] = True
+    reply, _ = method.client_update(wk, 0, {"values": trained[make_mask(flat, at_floor).send_idx], "mask": at_floor},
+                                    x, y, 1)
+    assert not reply["changes"].data.any()
+    # the rewind: with no training steps the survivors are back at their initial values
+    wk0 = SimpleNamespace(**{**vars(wk), "spec": LocalSpec(epochs=0, batch_size=8, lr=0.1)})
+    reply, _ = method.client_update(wk0, 0, {"values": trained.clone(), "mask": dense}, x, y, 1)
+    kept = make_mask(flat, ~reply["changes"].data)
+    assert torch.equal(reply["values"].data, initial[kept.send_idx])
+
+
 # --- the registry -----------------------------------------------------------------------
 
 def test_every_list_of_method_names_is_the_registrys():
@@ -298,3 +331,11 @@ def test_registry_refuses_a_name_defined_twice(monkeypatch):
     with pytest.raises(RuntimeError, match="defined twice"):
         registry()
     monkeypatch.setattr(m, "_REGISTRY", None)
+
+
+def test_a_new_random_stream_needs_no_entry_in_a_list():
+    from ssfl_mpi.seeding import PURPOSES, purpose_code
+
+    assert purpose_code("shuffle") == PURPOSES["shuffle"]
+    assert purpose_code("neighbours") == 65536 + 1506447011  # CRC-32: fixed forever, like the list
+    assert len({purpose_code(p) for p in ("neighbours", "powerprop-init", "regrow")}) == 3
