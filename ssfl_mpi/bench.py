@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import codec
+from . import fields
 from . import comm as mpi
 from .aggregation import weighted_average
 from .results import write_bench
@@ -133,7 +133,7 @@ def round_coo(comm: mpi.Comm, c: Case) -> tuple[int, int]:
 
 
 def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]:
-    """Values plus a bitmap of the mask, up and down: the wire format of changing masks (`codec`)."""
+    """Values plus a bitmap of the mask, up and down: the wire format of changing masks (`fields`)."""
     if comm.is_server:
         lengths = comm.gatherv(np.empty(0, np.int64), np.array([0] + [c.per_worker] * comm.workers))
         per_rank = np.concatenate([[0], lengths.reshape(comm.workers, c.per_worker).sum(axis=1)])
@@ -142,22 +142,22 @@ def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]
         total_w = c.sizes.sum()
         dense = torch.zeros(c.params, dtype=torch.float64)
         for i, n_k in enumerate(c.sizes):
-            msg = codec.decode(up[offsets[i]: offsets[i + 1]], n_prunable=c.params)
-            idx = torch.nonzero(msg.kept).flatten()
-            dense.index_add_(0, idx, msg.values.double(), alpha=float(n_k / total_w))
-        down = codec.encode(dense[kept].float(), kept)
+            msg = fields.decode(up[offsets[i]: offsets[i + 1]])
+            idx = torch.nonzero(msg["mask"]).flatten()
+            dense.index_add_(0, idx, msg["values"].double(), alpha=float(n_k / total_w))
+        down = fields.encode({"values": fields.values(dense[kept].float()), "mask": fields.index(kept)})
         comm.bcast_(np.array([down.size], dtype=np.int64))
         comm.bcast_(down)
         return int(lengths.sum()), down.size * len(c.sizes)
-    msgs = [codec.encode(vec[kept], kept) for vec in c.clients]
+    msgs = [fields.encode({"values": fields.values(vec[kept]), "mask": fields.index(kept)}) for vec in c.clients]
     lengths = np.array([m.size for m in msgs], dtype=np.int64)
     comm.gatherv(lengths, np.array([0] + [c.per_worker] * comm.workers))
     counts = np.zeros(comm.size, dtype=np.int64)
     counts[comm.rank] = lengths.sum()
     comm.gatherv(np.concatenate(msgs), counts)
     n = comm.bcast_(np.zeros(1, dtype=np.int64))
-    msg = codec.decode(comm.bcast_(np.empty(int(n[0]), dtype=np.uint8)), n_prunable=c.params)
-    c.flat.zero_().index_copy_(0, torch.nonzero(msg.kept).flatten(), msg.values)
+    msg = fields.decode(comm.bcast_(np.empty(int(n[0]), dtype=np.uint8)))
+    c.flat.zero_().index_copy_(0, torch.nonzero(msg["mask"]).flatten(), msg["values"])
     return 0, 0
 
 

@@ -5,7 +5,9 @@ A message is a dict {name: Field}. Each field has a role that decides how it is 
     values  float32 numbers of the model or update: counted in bytes_*, as value bytes
     index   a bool vector (which positions the values belong to, or which mask bits changed):
             counted in bytes_* and meta_bytes_*; sent as a bitmap or as int32 positions,
-            whichever is smaller (positions win below a density of 1/32), as `codec` does
+            whichever is smaller (positions win below a density of 1/32)
+    extra   float32 numbers that are not weights (PruneFL's importance): counted in bytes_* and
+            meta_bytes_*
     state   a client's own state that a real client would keep at home (its DisPFL mask, its
             error-feedback residual). The simulation keeps all client state on the server (so it
             is checkpointed with the run) and sends it along; it is not traffic and not counted.
@@ -16,7 +18,7 @@ Layout (little-endian, one contiguous uint8 buffer):
     per field, in insertion order:
       char[16]          name, ASCII, NUL-padded
       int32             encoding: 1 float32, 2 bitmap, 3 int32 positions
-      int32             role: 1 values, 2 index, 3 state
+      int32             role: 1 values, 2 index, 3 state, 4 extra
       int64             length: float32 count, or the bool vector's length
       int64             payload bytes, then the payload padded to a multiple of 8
 """
@@ -33,8 +35,8 @@ TOP = 8
 FIELD_HEADER = 40
 NAME_BYTES = 16
 F32, BITMAP, POSITIONS = 1, 2, 3
-VALUES, INDEX, STATE = 1, 2, 3
-ROLES = {"values": VALUES, "index": INDEX, "state": STATE}
+VALUES, INDEX, STATE, EXTRA = 1, 2, 3, 4
+ROLES = {"values": VALUES, "index": INDEX, "state": STATE, "extra": EXTRA}
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,35 @@ def state(data) -> Field:
     return Field("state", data)
 
 
-def _np(data) -> np.ndarray:
-    if isinstance(data, torch.Tensor):
-        data = data.detach().cpu().numpy()
-    return np.ascontiguousarray(data).ravel()
+def extra(data) -> Field:
+    return Field("extra", data)
 
 
 def _pad(n: int) -> int:
     return (-n) % 8
+
+
+def index_bytes(length: int, n_set: int) -> tuple[int, int]:
+    """(encoding, payload bytes) of a bool vector: the smaller of a bitmap and int32 positions."""
+    if 4 * n_set < (length + 7) // 8:
+        return POSITIONS, 4 * n_set
+    return BITMAP, (length + 7) // 8
+
+
+def size(spec: dict[str, tuple[str, object]]) -> int:
+    """Bytes of a message without building it: name -> ("values"|"extra", n floats) or
+    ("index", (length, n_set)); state fields are not traffic and are left out."""
+    total = TOP
+    for role, what in spec.values():
+        n = index_bytes(*what)[1] if role == "index" else 4 * int(what)
+        total += FIELD_HEADER + n + _pad(n)
+    return total
+
+
+def _np(data) -> np.ndarray:
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    return np.ascontiguousarray(data).ravel()
 
 
 def encode(fields: dict[str, Field]) -> np.ndarray:
@@ -73,11 +96,8 @@ def encode(fields: dict[str, Field]) -> np.ndarray:
             raise ValueError(f"field {name!r}: name longer than {NAME_BYTES} bytes or unknown role {f.role!r}")
         a = _np(f.data)
         if a.dtype == bool:
-            n_set = int(np.count_nonzero(a))
-            if 4 * n_set < (a.size + 7) // 8:
-                enc, payload = POSITIONS, np.flatnonzero(a).astype("<i4").view(np.uint8)
-            else:
-                enc, payload = BITMAP, np.packbits(a)
+            enc, _ = index_bytes(a.size, int(np.count_nonzero(a)))
+            payload = np.flatnonzero(a).astype("<i4").view(np.uint8) if enc == POSITIONS else np.packbits(a)
         else:
             enc, payload = F32, a.astype("<f4").view(np.uint8)
         head = np.zeros(FIELD_HEADER, dtype=np.uint8)
@@ -119,7 +139,7 @@ def entries(buf: np.ndarray) -> list[Entry]:
         enc, role = (int(v) for v in head[16:24].view("<i4"))
         length, nbytes = (int(v) for v in head[24:40].view("<i8"))
         expected = {F32: 4 * length, BITMAP: (length + 7) // 8}.get(enc, nbytes)
-        if enc not in (F32, BITMAP, POSITIONS) or role not in (VALUES, INDEX, STATE) or length < 0 \
+        if enc not in (F32, BITMAP, POSITIONS) or role not in ROLES.values() or length < 0 \
                 or nbytes != expected or nbytes % (4 if enc == POSITIONS else 1):
             raise ValueError(f"field {name!r}: encoding {enc}, role {role}, length {length}, {nbytes} bytes "
                              f"do not fit together")

@@ -1,5 +1,6 @@
-"""Rounds of methods that send named-field messages (DisPFL, SparsyFed, Top-K): the method decides
-what travels, this module moves it and counts it.
+"""Rounds of methods that send named-field messages (every method without one fixed shared mask:
+client-wise masks, FedDST, PruneFL, DisPFL, LotteryFL, SparsyFed, Top-K): the method decides what
+travels, this module moves it and counts it.
 
 Per round: Bcast of the downlink lengths, then Bcast of the one shared message or Scatterv of the
 per-client ones; Gatherv of uplink lengths, Gatherv of the uplink bytes, Gatherv of metadata.
@@ -16,12 +17,18 @@ import torch
 
 from . import fields, methods
 from .clientstate import ClientStore
-from .dynamic_rounds import _rank_sums
 from .errors import Interrupted
 from .lifecycle import inject_fault, poisoned
 from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
                        report_rss, send_meta)
 from .sparse import Mask, make_mask
+
+
+def _rank_sums(lengths: np.ndarray, per_rank: np.ndarray) -> np.ndarray:
+    """Per-rank byte counts from per-client lengths listed in rank order (client-id order within)."""
+    ends = np.cumsum(np.concatenate([[0], lengths]))
+    bounds = np.cumsum(np.concatenate([[0], per_rank]))
+    return (ends[bounds[1:]] - ends[bounds[:-1]]).astype(np.int64)
 
 
 class MessageServer(ServerBase):

@@ -10,7 +10,6 @@ import torch
 from . import comm as mpi
 from .config import Config
 from .clientstate import check_arrays
-from .dynamic_rounds import DynamicServer, DynamicWorker
 from .lifecycle import inject_fault
 from . import methods
 from .protocol import ResumePoint, Setup, find_mask, setup
@@ -19,8 +18,7 @@ from .message_rounds import MessageServer, MessageWorker
 from .static_rounds import StaticServer, StaticWorker
 
 # Method.rounds -> (server, worker) of the protocol that runs it
-PROTOCOLS = {"static": (StaticServer, StaticWorker), "masks": (DynamicServer, DynamicWorker),
-             "messages": (MessageServer, MessageWorker)}
+PROTOCOLS = {"static": (StaticServer, StaticWorker), "messages": (MessageServer, MessageWorker)}
 
 __all__ = ["run", "setup", "find_mask", "ResumePoint"]
 

@@ -339,3 +339,19 @@ def test_a_new_random_stream_needs_no_entry_in_a_list():
     assert purpose_code("shuffle") == PURPOSES["shuffle"]
     assert purpose_code("neighbours") == 65536 + 1506447011  # CRC-32: fixed forever, like the list
     assert len({purpose_code(p) for p in ("neighbours", "powerprop-init", "regrow")}) == 3
+
+
+@pytest.mark.parametrize("n,k,encoding", [(1000, 500, fields.BITMAP), (1000, 32, fields.BITMAP),
+                                          (1000, 31, fields.POSITIONS), (1001, 3, fields.POSITIONS)])
+def test_a_mask_travels_as_the_smaller_of_bitmap_and_positions(n, k, encoding):
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]] = True
+    buf = fields.encode({"values": fields.values(torch.randn(k + 7)), "mask": fields.index(kept),
+                         "importance": fields.extra(torch.ones(5))})
+    (e_values, e_mask, e_extra) = fields.entries(buf)
+    assert e_mask.encoding == encoding and torch.equal(fields.decode(buf)["mask"], kept)
+    assert buf.size == fields.size({"values": ("values", k + 7), "mask": ("index", (n, k)),
+                                    "importance": ("extra", 5)})
+    t = fields.Traffic()
+    t.add(buf)
+    assert t.values == 4 * (k + 7) and t.meta == buf.size - 4 * (k + 7)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssfl_mpi.methods import names
+from ssfl_mpi.methods import get, names
 from ssfl_mpi.results import read
 
 from .launch import launch
@@ -11,7 +11,16 @@ from .launch import launch
 SMALL = ["--clients", "8", "--clients-per-round", "4", "--rounds", "4", "--local-epochs", "1",
          "--threads", "1", "--readjust-every", "2", "--sparsity", "0.8"]
 M = 4
-HEADER = 16
+TOP, FIELD = 8, 40  # message header, field header (ssfl_mpi/fields.py)
+
+
+def vals(n):
+    """A float32 field of n values: header, payload, padding to 8 bytes."""
+    return FIELD + 4 * n + (-4 * n) % 8
+
+
+def bitmap(n):
+    return FIELD + (n + 7) // 8 + (-((n + 7) // 8)) % 8
 METHODS = names()
 
 
@@ -44,7 +53,11 @@ def test_each_method_completes_with_a_valid_file(runs, method):
     if method != "fedavg":
         kept = r["mask"]["flat"]
         assert kept.sum() == r["attrs"]["n_kept"]
-        if method != "random-clientwise":
+        if method == "sparsyfed":  # the global model: the union of the clients' pruned models
+            assert r["attrs"]["density"] >= 0.2
+        elif method == "topk" or not get(method).shared_mask:  # a dense global model
+            assert r["attrs"]["density"] == 1.0
+        else:
             assert r["attrs"]["density"] == pytest.approx(0.2, abs=0.01)
 
 
@@ -71,10 +84,9 @@ def test_clientwise_bytes_carry_each_mask_down_and_values_up(runs):
     n_prunable = a["n_prunable"]
     k = int(np.floor(0.2 * n_prunable + 1e-9))
     values = k + a["n_params"] - n_prunable
-    bitmap = (n_prunable + 7) // 8
-    assert 4 * k >= bitmap  # at density 0.2 a bitmap is smaller than int32 indices
-    assert np.all(r["rounds"]["bytes_down"] == M * (HEADER + 4 * values + bitmap))
-    assert np.all(r["rounds"]["bytes_up"] == M * (HEADER + 4 * values))
+    assert 4 * k >= (n_prunable + 7) // 8  # at density 0.2 a bitmap is smaller than int32 indices
+    assert np.all(r["rounds"]["bytes_down"] == M * (TOP + vals(values) + bitmap(n_prunable)))
+    assert np.all(r["rounds"]["bytes_up"] == M * (TOP + vals(values)))
     assert np.all(r["rounds"]["masks_bitmap"] == M) and np.all(r["rounds"]["masks_indices"] == 0)
     # the global model is the union of the client masks: denser than any one client
     assert a["density"] == 1.0
@@ -89,18 +101,19 @@ def test_feddst_changes_its_mask_only_on_readjustment_rounds_at_the_target_densi
     assert rounds["mask_changes"][1] > 0  # round 2 readjusts; round 4 too, but its cosine fraction is 0
     assert rounds["mask_changes"][3] == 0
     assert k == int(np.floor(0.2 * n_prunable + 1e-9))
-    bitmap = (n_prunable + 7) // 8
-    down = M * (HEADER + 4 * payload + bitmap)
+    down = M * (TOP + vals(payload) + bitmap(n_prunable))
     assert np.all(rounds["bytes_down"] == down)
-    assert rounds["bytes_up"].tolist() == [M * (HEADER + 4 * payload), down, M * (HEADER + 4 * payload), down]
-    assert rounds["meta_bytes_up"].tolist() == [M * HEADER, M * (HEADER + bitmap)] * 2
+    plain = M * (TOP + vals(payload))
+    assert rounds["bytes_up"].tolist() == [plain, down, plain, down]
+    overhead = M * (TOP + vals(payload) - 4 * payload)
+    assert rounds["meta_bytes_up"].tolist() == [overhead, overhead + M * bitmap(n_prunable)] * 2
 
 
 def test_prunefl_sends_importance_on_reconfiguration_rounds(runs):
     r = runs["prunefl", 3]
     payload, n_prunable, k = _values(r)
-    plain = M * (HEADER + 4 * payload)
-    assert r["rounds"]["bytes_up"].tolist() == [plain, plain + M * 4 * n_prunable] * 2
+    plain = M * (TOP + vals(payload))
+    assert r["rounds"]["bytes_up"].tolist() == [plain, plain + M * vals(n_prunable)] * 2
     assert r["attrs"]["setup_bytes_up"] > 0
 
 

@@ -47,7 +47,7 @@ class Method:
 
     summary = ""           # one line for `run --help`
     sparse = True          # False: a dense method; --sparsity does not apply to it
-    rounds = "static"      # the round protocol that runs it: static, masks or messages
+    rounds = "static"      # the round protocol that runs it: static (values of one shared mask) or messages
     shared_mask = True     # all clients train in the same mask
     personalized = False   # clients keep models of their own (personal accuracy is theirs)
     long_setup = False     # mask discovery can take minutes: announce it before it starts
