@@ -281,3 +281,38 @@ def scaling_benchmark(comm: mpi.Comm, *, sizes: list[int], cfg_values: dict, out
 def json_dumps(values: dict) -> str:
     import json
     return json.dumps(values, sort_keys=True)
+
+
+def placement_benchmark(cfg, *, ranks: list[int], sizes: np.ndarray, out: str | None, overwrite: bool) -> list[dict]:
+    """The busiest worker's work over the ideal (the round's work over the workers), static
+    (k mod W) against balanced (longest first) placement, mean and worst over the run's sampled
+    rounds, for each launch size. Pure arithmetic on the client sample: no training."""
+    from .placement import busiest_over_ideal, place, work
+    from .results import write_bench
+    from .seeding import sample_clients
+
+    rounds = [sample_clients(cfg.seed, r, cfg.clients, cfg.clients_per_round) for r in range(1, cfg.rounds + 1)]
+    rows = []
+    for n in ranks:
+        workers = n - 1
+        row = {"ranks": n, "workers": workers}
+        for kind in ("static", "balanced"):
+            ratios = []
+            for clients in rounds:
+                cost = work(sizes[clients], batch_size=cfg.batch_size, epochs=cfg.local_epochs)
+                placed = place(kind, clients, sizes=sizes, batch_size=cfg.batch_size, epochs=cfg.local_epochs,
+                               workers=workers)
+                ratios.append(busiest_over_ideal(placed, cost, workers))
+            row[f"{kind}_mean"], row[f"{kind}_max"] = float(np.mean(ratios)), float(np.max(ratios))
+        rows.append(row)
+    log.info("busiest worker's work / ideal over %d sampled rounds (K=%d, M=%d):", cfg.rounds, cfg.clients,
+             cfg.clients_per_round)
+    log.info("%6s %8s %14s %14s %16s %16s", "ranks", "workers", "static mean", "static worst", "balanced mean",
+             "balanced worst")
+    for row in rows:
+        log.info("%6d %8d %14.3f %14.3f %16.3f %16.3f", row["ranks"], row["workers"], row["static_mean"],
+                 row["static_max"], row["balanced_mean"], row["balanced_max"])
+    if out:
+        write_bench(out, rows, [], overwrite=overwrite,
+                    attrs={"kind": "placement", "config": cfg.to_json(), "client_sizes": sizes.tolist()})
+    return rows

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, MODELS, REGROWTHS,
+from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, MODELS, PLACEMENTS, REGROWTHS,
                      PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
                      make_config, method_names)
 from .presets import list_presets, load_preset
@@ -75,6 +75,8 @@ RUN_OPTIONS = [
     ("--on-nonfinite", ("stop", "skip"), "a client update with NaN/Inf: stop the run, or leave it out"),
     ("--liveness-timeout", float, "seconds without a sign of life from a rank before the job is ended "
      "naming it (0: wait forever)"),
+    ("--placement", PLACEMENTS, "which worker trains which of a round's clients: longest first onto the least "
+     "loaded worker, or client k always on rank 1 + k mod W; the results are the same"),
     ("--threads", int, "torch threads per rank (0: cores on the node / ranks on it)"),
     ("--device", DEVICES, "auto: a GPU per rank round-robin when CUDA is present"),
     ("--out", str, "result file (.h5); default results/<method>_<dataset>_s<S>_seed<seed>.h5"),
@@ -166,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--out", default="results/bench_scaling.h5")
     scaling.add_argument("--overwrite", action="store_true")
     scaling.set_defaults(func=cmd_bench_scaling)
+    placement = bench_sub.add_parser("placement", help="the busiest worker's work against the ideal, static "
+                                     "against balanced placement, for many launch sizes (no training)")
+    placement.add_argument("--preset", default="paper-cifar10", help="run settings (default paper-cifar10)")
+    placement.add_argument("--config", metavar="FILE.toml", help="run settings from a file instead")
+    placement.add_argument("--ranks", default="3,5,11,21,51,101", help="comma-separated launch sizes")
+    placement.add_argument("--out", default="results/bench_placement.h5")
+    placement.add_argument("--overwrite", action="store_true")
+    placement.set_defaults(func=cmd_bench_placement)
     soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
     soak.add_argument("--rounds", type=int, default=300)
     soak.add_argument("--early", type=int, default=30, help="the round compared with the last")
@@ -313,6 +323,56 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
     _claim_output(world, args.out, args.overwrite)
     scaling_benchmark(world, sizes=sizes, cfg_values=values, out=args.out, overwrite=True)
     return EXIT_OK
+
+
+# Training-set sizes of the data sets a balanced partition needs no file of (n/K per client).
+KNOWN_TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "mnist": 60000, "fashionmnist": 60000}
+
+
+def cmd_bench_placement(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .bench import placement_benchmark
+
+    with same_on_every_rank():
+        values = load_toml(args.config) if args.config else load_preset(args.preset)
+        try:
+            ranks = [int(x) for x in args.ranks.split(",")]
+        except ValueError:
+            raise UsageError(f"--ranks must be comma-separated integers, got {args.ranks!r}") from None
+        if min(ranks) < 2:
+            raise UsageError("--ranks: every launch needs at least 2 ranks (a server and a worker)")
+        cfg, sizes = _placement_inputs(values)
+        if max(ranks) - 1 > cfg.clients:
+            raise UsageError(f"--ranks: {max(ranks)} ranks would leave workers without clients (K = {cfg.clients})")
+    if mpi.world_rank() == 0:
+        placement_benchmark(cfg, ranks=ranks, sizes=sizes, out=args.out, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def _placement_inputs(values: dict):
+    """The config and every client's n_k: from the partition where the data are here, else n/K for
+    a balanced partition of a data set whose size is known (the paper presets without CIFAR)."""
+    import os
+
+    import numpy as np
+
+    from . import data
+    from .partition import balanced_sizes, partition
+    from .seeding import np_rng
+
+    root = values.get("data_root", "data")
+    missing = values.get("dataset") in KNOWN_TRAIN_SIZES and not os.path.isdir(root)
+    cfg = make_config({**values, "data_root": "/" if missing else root}, {})
+    if missing:
+        if cfg.partition_scheme not in ("dirichlet-balanced", "iid"):
+            raise UsageError(f"bench placement: {cfg.dataset} is not under {root!r} and partition "
+                             f"{cfg.partition_scheme} gives unequal sizes: put the data there")
+        return cfg, balanced_sizes(KNOWN_TRAIN_SIZES[cfg.dataset], cfg.clients)
+    ds = data.load(cfg.dataset, root=cfg.data_root, download=False, synthetic_alpha=cfg.synthetic_alpha,
+                   synthetic_beta=cfg.synthetic_beta)
+    parts = partition(cfg.partition_scheme, ds.train_labels, n_clients=cfg.clients, rng=np_rng(cfg.seed, "partition"),
+                      alpha=cfg.alpha, classes_per_client=cfg.classes_per_client, groups=ds.train_groups)
+    return cfg, np.array([len(p) for p in parts], dtype=np.int64)
 
 
 def cmd_bench_soak(args: argparse.Namespace) -> int:

@@ -284,10 +284,15 @@ def wtime() -> float:
     return MPI.Wtime()
 
 
+def one_line(message: str) -> str:
+    """A message that quotes user data (a line of a data file) may hold newlines: show them escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def report_usage_error(message: str, *, collective: bool) -> None:
     """One line per rank, tagged, no traceback; a usage error seen by one rank only aborts all."""
     rank = world_rank()
-    line = f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n"
+    line = f"ssfl-mpi: error: {one_line(message)}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n"
     sys.stderr.flush()
     os.write(2, line.encode())  # one write: lines of different ranks do not interleave
     if not collective and world_size() > 1:
@@ -309,7 +314,7 @@ def report_run_error(message: str, code: int = EXIT_FAILURE) -> None:
     """A run stopped for a reason one line explains: that line, then end every rank. On the server
     the line goes to every worker first (through the liveness channel), so each rank prints it."""
     rank = world_rank()
-    os.write(2, (f"ssfl-mpi: error: {message}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n").encode())
+    os.write(2, (f"ssfl-mpi: error: {one_line(message)}" + (f" [rank {rank}]" if world_size() > 1 else "") + "\n").encode())
     if world_size() > 1:
         if rank == SERVER and _PRIMARY is not None:
             _PRIMARY.tell_workers(message, code)

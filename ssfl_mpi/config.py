@@ -27,6 +27,7 @@ TOPK_TIES = ("exact-k", "keep-all")
 AUGMENT_PADDINGS = ("black", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 REGROWTHS = ("gradient", "random")
+PLACEMENTS = ("balanced", "static")  # kept torch-free; a test checks them against placement.py
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +77,7 @@ class Config:
     checkpoint_every: int = 1  # rounds between checkpoints in the result file (and the last round)
     on_nonfinite: str = "stop"  # a client update with NaN/Inf: stop the run, or skip that client
     liveness_timeout: float = 300.0  # seconds without a sign of life before a rank is declared gone (0: never)
+    placement: str = "balanced"  # which rank trains which of a round's clients (results do not change)
     threads: int = 0  # 0: cores of this node divided by ranks on it
     device: str = "auto"
     out: str = ""  # empty: results/<method>_<dataset>_s<sparsity>_seed<seed>.h5
@@ -96,6 +98,7 @@ class Config:
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("on-nonfinite", self.on_nonfinite, ("stop", "skip"))
         _check_choice("regrow", self.regrow, REGROWTHS)
+        _check_choice("placement", self.placement, PLACEMENTS)
         for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
                      "saliency_batches", "eval_every", "classes_per_client", "readjust_every", "checkpoint_every",
                      "lr_period"):
@@ -148,7 +151,7 @@ class Config:
                 raise UsageError(f"--download: {self.dataset} is not downloadable here; produce LEAF's JSON "
                                  f"files with LEAF's preprocess.sh (see the README) and pass --data-root")
             if not Path(self.data_root).is_dir():
-                raise UsageError(f"data root {self.data_root!r} does not exist: pass --data-root LEAF's "
+                raise UsageError(f"data root {self.data_root!r} is not a folder: pass --data-root LEAF's "
                                  f"data/{self.dataset}/data folder (see the README)")
         if self.dataset in TORCHVISION_DATASETS and not self.download:
             if not Path(self.data_root).is_dir():
@@ -240,7 +243,7 @@ def _check_real(name: str, value) -> None:
 
 # Where and how a run executes, not what it computes: a resumed run may change these.
 RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite", "checkpoint_every",
-                "liveness_timeout")
+                "liveness_timeout", "placement")
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 

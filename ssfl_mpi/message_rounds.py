@@ -60,7 +60,7 @@ class MessageServer(ServerBase):
         if shared:
             comm.bcast_(msgs[0])
         else:
-            by_rank = np.argsort(self.s.home[plan.clients], kind="stable")  # Scatterv order
+            by_rank = plan.scatter_order()
             comm.scatterv(np.concatenate([msgs[i] for i in by_rank]), _rank_sums(lengths[by_rank], plan.per_rank))
         traffic_down = fields.Traffic()
         for m in msgs:
@@ -124,12 +124,13 @@ class MessageWorker:
         lengths = np.empty(len(plan.clients) + 1, dtype=np.int64)
         comm.bcast_(lengths)
         shared, lengths = bool(lengths[-1]), lengths[:-1]
-        mine = s.home[plan.clients] == comm.rank
+        mine = plan.ranks == comm.rank
+        s.forget_visitors(set(plan.clients[mine].tolist()))
         if shared:
             buf = np.empty(int(lengths[0]), dtype=np.uint8)
             comm.bcast_(buf)
             return {int(cid): buf for cid in plan.clients[mine]}
-        by_rank = np.argsort(s.home[plan.clients], kind="stable")
+        by_rank = plan.scatter_order()
         buf = comm.scatterv(None, _rank_sums(lengths[by_rank], plan.per_rank), dtype=np.uint8)
         offsets = np.concatenate([[0], np.cumsum(lengths[mine])])
         return {int(cid): buf[offsets[i]: offsets[i + 1]] for i, cid in enumerate(plan.clients[mine])}
@@ -141,7 +142,7 @@ class MessageWorker:
         out, meta = [], new_meta(len(received))
         for i, cid in enumerate(sorted(received)):
             t0 = time.perf_counter()
-            x, y = s.clients[cid]
+            x, y = s.data_of(cid)
             reply, loss = self.method.client_update(self, cid, fields.decode(received[cid]), x, y, r)
             if poisoned("nan", cid, r):
                 first = next(k for k, f in reply.items() if f.role == "values")

@@ -19,6 +19,7 @@ from .lifecycle import STOP, StopFlag, inject_fault, peak_rss_mb
 from . import methods
 from .methods import MaskContext
 from .partition import label_counts, partition, proportional_test_split
+from .placement import place, static_home
 from .results import ResultWriter, check_writable, claim
 from .seeding import np_rng, sample_clients, torch_seed
 from .sparse import FlatModel, Mask, n_keep
@@ -56,13 +57,28 @@ class Setup:
     dataset: data.Dataset
     sizes: np.ndarray          # n_k for all K clients
     label_counts: np.ndarray   # [K, classes]
-    home: np.ndarray           # home rank of each client
-    clients: dict              # this rank's clients: id -> (x, y)
+    home: np.ndarray           # static home rank of each client (where mask discovery scores it)
+    clients: dict              # this rank's home clients: id -> (x, y)
     test: tuple | None         # the server's test set
     test_owner: np.ndarray | None  # the server's: client whose personal split holds each test sample
     model_name: str
     flat: FlatModel
+    parts: list = field(default_factory=list)  # every client's sample indices
     stop: StopFlag = field(default_factory=lambda: STOP)
+    _visiting: dict = field(default_factory=dict)  # clients placed here this round, not at home
+
+    def data_of(self, cid: int) -> tuple:
+        """(x, y) of a client this rank trains: its home clients are held, others are materialized
+        from the data set (which every rank loaded) and kept only while they keep coming here."""
+        if cid in self.clients:
+            return self.clients[cid]
+        if cid not in self._visiting:
+            self._visiting[cid] = self.dataset.train_subset(self.parts[cid])
+        return self._visiting[cid]
+
+    def forget_visitors(self, keep) -> None:
+        for cid in [c for c in self._visiting if c not in keep]:
+            del self._visiting[cid]
 
 
 @dataclass(frozen=True)
@@ -75,11 +91,6 @@ class ResumePoint:
     kept: np.ndarray | None = None
     row: dict | None = None  # that round's row before evaluation
     clients: dict | None = None  # per-client state arrays the server keeps (message methods)
-
-
-def home_ranks(n_clients: int, workers: int) -> np.ndarray:
-    """Client k lives on rank 1 + (k mod W) for the whole run."""
-    return 1 + np.arange(n_clients) % workers
 
 
 def pick_threads(requested: int, ranks_on_node: int) -> int:
@@ -161,7 +172,7 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
         sizes = np.array([len(p) for p in parts], dtype=np.int64)
         if sizes.min() == 0:
             raise UsageError(f"partition {cfg.partition_scheme} left client {int(sizes.argmin())} without data")
-        home = home_ranks(cfg.clients, comm.workers)
+        home = static_home(cfg.clients, comm.workers)
         clients = {k: ds.train_subset(parts[k]) for k in range(cfg.clients) if home[k] == comm.rank}
         test = ds.test_set() if comm.is_server else None
         counts = label_counts(ds.train_labels, parts, ds.n_classes)
@@ -188,7 +199,7 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
                          f"{1 - 1 / flat.n_prunable:.9f}")
     return Setup(cfg=cfg, comm=comm, device=device, threads=threads, dataset=ds, sizes=sizes,
                  label_counts=counts, home=home, clients=clients, test=test, test_owner=owner,
-                 model_name=model_name, flat=flat)
+                 model_name=model_name, flat=flat, parts=parts)
 
 
 def local_spec(cfg: Config, dataset: data.Dataset) -> LocalSpec:
@@ -228,14 +239,26 @@ class RoundPlan:
     """What the server and the workers both derive from (seed, round)."""
 
     def __init__(self, s: Setup, r: int, payload: int = 0):
+        cfg = s.cfg
         self.r = r
-        self.clients = sample_clients(s.cfg.seed, r, s.cfg.clients, s.cfg.clients_per_round)
-        self.per_rank = np.bincount(s.home[self.clients], minlength=s.comm.size)
+        self.clients = sample_clients(cfg.seed, r, cfg.clients, cfg.clients_per_round)
+        self.ranks = place(cfg.placement, self.clients, sizes=s.sizes, batch_size=cfg.batch_size,
+                           epochs=cfg.local_epochs, workers=s.comm.workers)
+        self.rank_of = dict(zip(self.clients.tolist(), self.ranks.tolist()))
+        self.per_rank = np.bincount(self.ranks, minlength=s.comm.size)
         self.model_counts = self.per_rank * payload
         self.meta_counts = self.per_rank * META_COLUMNS
 
     def mine(self, s: Setup) -> list[int]:
-        return [int(c) for c in self.clients if s.home[c] == s.comm.rank]
+        """This rank's clients of the round, in client-id order; visitors from last round that do
+        not come again are let go."""
+        mine = [int(c) for c, q in zip(self.clients, self.ranks) if q == s.comm.rank]
+        s.forget_visitors(mine)
+        return mine
+
+    def scatter_order(self) -> np.ndarray:
+        """Positions of the round's clients in rank order (client-id order within a rank)."""
+        return np.argsort(self.ranks, kind="stable")
 
 
 class ServerBase:
@@ -423,7 +446,7 @@ class ServerBase:
                                f"expected {plan.clients.tolist()}")
         order = np.argsort(cids, kind="stable")
         sizes = meta["n_samples"][order]
-        ranks = self.s.home[cids]
+        ranks = np.array([plan.rank_of[int(c)] for c in cids])
         compute = max(meta["compute_s"][ranks == q].sum() for q in np.unique(ranks))
         row = {"round": r, "train_loss": float(np.dot(sizes, meta["loss"][order]) / sizes.sum()),
                "time_compute": float(compute), "time_comm": float(meta["comm_s"].max()),
@@ -435,7 +458,7 @@ class ServerBase:
         """False if the client's update must be left out; stops the run unless told to skip."""
         if all(a is None or bool(np.isfinite(np.asarray(a)).all()) for a in arrays):
             return True
-        message = (f"round {r}: client {cid} (rank {self.s.home[cid]}) sent a non-finite update (NaN or "
+        message = (f"round {r}: client {cid} sent a non-finite update (NaN or "
                    f"Inf); nothing of it reached the global model. Lower --lr or --grad-clip, or pass "
                    f"--on-nonfinite skip to leave such updates out")
         if self.cfg.on_nonfinite == "stop":

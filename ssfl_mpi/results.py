@@ -431,4 +431,5 @@ def _write_bench(path: Path, rows: list[dict], samples: list[np.ndarray], attrs:
             values = [r[key] for r in rows]
             g.create_dataset(key, data=np.array(values, dtype=h5py.string_dtype())
                              if isinstance(values[0], str) else np.array(values))
-        g.create_dataset("samples_s", data=np.stack(samples))
+        if samples:
+            g.create_dataset("samples_s", data=np.stack(samples))

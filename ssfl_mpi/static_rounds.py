@@ -69,8 +69,7 @@ class StaticWorker:
         self.start = resume.round + 1 if resume else 1
         self.global_np = np.empty(mask.payload, dtype=np.float32)
         # Reused every round: at most min(M, own clients) updates go up from this rank.
-        most = min(s.cfg.clients_per_round, len(s.clients))
-        self.send = np.empty(most * mask.payload, dtype=np.float32)
+        self.send = np.empty(0, dtype=np.float32)  # grown to the most clients a round places here
         self.spec = local_spec(s.cfg, s.dataset)
         # A dense mask needs no multiply: nothing is pruned.
         self.multiplier = mask.multiplier if mask.n_kept < s.flat.n_prunable else None
@@ -89,13 +88,15 @@ class StaticWorker:
         comm.reset_timer()
         comm.bcast_(self.global_np)
         global_t = torch.from_numpy(self.global_np).to(s.device)
+        if self.send.size < len(mine) * payload:
+            self.send = np.empty(len(mine) * payload, dtype=np.float32)
         send = self.send[: len(mine) * payload]
         send_t = torch.from_numpy(send)
         meta = new_meta(len(mine))
         for i, cid in enumerate(mine):
             t0 = time.perf_counter()
             unpack(global_t, self.mask.send_idx, s.flat.flat)
-            x, y = s.clients[cid]
+            x, y = s.data_of(cid)
             loss = local_train(s.flat, x, y, spec=self.spec, multiplier=self.multiplier,
                                gen=torch_gen(self.cfg.seed, "shuffle", cid, plan.r), round_=plan.r)
             out = send_t[i * payload: (i + 1) * payload]

@@ -123,7 +123,7 @@ def test_leaf_config_defaults_and_refusals(tmp_path):
     assert cfg.partition_scheme == "natural" and Config().partition_scheme == "dirichlet-balanced"
     with pytest.raises(UsageError, match="not downloadable"):
         Config(dataset="shakespeare", data_root=str(tmp_path), download=True)
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(UsageError, match="is not a folder"):
         Config(dataset="femnist", data_root=str(tmp_path / "nope"))
     with pytest.raises(UsageError, match="natural clients"):
         Config(partition="natural")
