@@ -232,3 +232,23 @@ def test_non_finite_saliency_is_a_one_line_run_error():
                       batch_size=64)
     with pytest.raises(RunError, match="saliency of client 2 is not finite"):
         get("ssfl").find_mask(ctx)
+
+
+def test_scores_are_kept_once_in_memory_then_on_disk_and_recomputed_only_without_room(monkeypatch):
+    from ssfl_mpi.methods import static
+
+    monkeypatch.setattr(static, "SCORE_CACHE_BYTES", 2 * 8 * 10)  # two clients of 10 scores in memory
+    rng = np.random.default_rng(0)
+    scores = {c: rng.random(10) for c in range(5)}
+    with static.ScoreKeeper(10) as keeper:
+        for c, s in scores.items():
+            keeper.put(c, s)
+        assert len(keeper.memory) == 2 and len(keeper.offsets) == 3
+        for c in range(5):
+            assert np.array_equal(keeper.take(c, lambda: pytest.fail("scored twice")), scores[c])
+    with static.ScoreKeeper(10) as keeper:
+        keeper.broken = True  # as after a failed write: a full disk
+        for c, s in scores.items():
+            keeper.put(c, s)
+        again = [keeper.take(c, lambda c=c: scores[c]) for c in range(5)]
+        assert keeper.recomputed == 3 and all(np.array_equal(a, scores[c]) for c, a in enumerate(again))
