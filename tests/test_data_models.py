@@ -132,3 +132,13 @@ def test_cnn_and_mlp_shapes(shape):
 def test_cnn_rejects_vector_inputs():
     with pytest.raises(UsageError, match="cnn needs image inputs"):
         models.build("cnn", dataset="synthetic", input_shape=(60,), n_classes=10, seed=0)
+
+
+def test_digits_read_without_scikit_learn_are_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    from ssfl_mpi.data import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
