@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from .errors import UsageError
-from .results import READABLE_SCHEMAS, read
+from .results import READABLE_SCHEMAS
 from .compare import METRICS, select
 
 log = logging.getLogger("ssfl_mpi")

@@ -20,7 +20,7 @@ def _cell(values: list[float], scale: float = 100.0) -> str:
 def _density(group: list) -> str:
     """Achieved density up/down (mean over rounds and seeds) where it is not the run's mask density:
     what SparsyFed, Top-K and DisPFL really sent."""
-    if any("density_up" not in r.rounds for r in group):
+    if any("density_up" not in r.rounds or "density" not in r.attrs for r in group):
         return ""
     up = float(np.mean([np.nanmean(r.rounds["density_up"]) for r in group]))
     down = float(np.mean([np.nanmean(r.rounds["density_down"]) for r in group]))

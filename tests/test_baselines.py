@@ -7,7 +7,6 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,6 @@
 """`table` and `report` average only comparable runs, say what they left out and why, never crash."""
 
 import h5py
-import numpy as np
 import pytest
 
 from ssfl_mpi.compare import select

@@ -30,7 +30,7 @@ from ..masks import random_mask
 from ..seeding import torch_gen
 from ..sparse import FlatModel, make_mask, n_keep, topk_mask
 from ..training import local_train
-from .messages import MessageMethod
+from .messages import MessageMethod, load_masked
 
 
 def holder_average(flat: FlatModel, weights: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
@@ -97,9 +97,8 @@ class DisPFL(MessageMethod):
     def client_update(self, wk, cid, msg, x, y, r):
         flat, cfg = wk.flat, wk.cfg
         old = msg["mask"].to(wk.device)
-        mask = make_mask(flat, old)
+        mask = load_masked(flat, msg["values"], old)
         w = flat.flat.detach()
-        w.zero_().index_copy_(0, mask.send_idx, msg["values"].to(wk.device))
         loss = local_train(flat, x, y, spec=wk.spec, multiplier=mask.multiplier,
                            gen=torch_gen(cfg.seed, "shuffle", cid, r), round_=r)
         new = self.prune_regrow(flat, old, x, y, cid=cid, r=r, cfg=cfg)

@@ -20,7 +20,7 @@ from ..seeding import torch_gen
 from ..sparse import FlatModel, Mask, make_mask, n_keep, topk_mask
 from ..training import local_train
 from .base import MaskContext
-from .messages import MessageMethod
+from .messages import MessageMethod, load_masked
 from .static import RandomStatic
 
 
@@ -55,8 +55,7 @@ class RandomClientwise(MessageMethod):
 
     def client_update(self, wk, cid, msg, x, y, r):
         flat, cfg = wk.flat, wk.cfg
-        mask = make_mask(flat, msg["mask"])
-        flat.flat.detach().zero_().index_copy_(0, mask.send_idx, msg["values"].to(wk.device))
+        mask = load_masked(flat, msg["values"], msg["mask"])
         loss = local_train(flat, x, y, spec=wk.spec, multiplier=mask.multiplier,
                            gen=torch_gen(cfg.seed, "shuffle", cid, r), round_=r)
         return {"values": fields.values(flat.flat.detach()[mask.send_idx])}, loss
@@ -146,8 +145,7 @@ class FedDST(RandomClientwise):
 
     def client_update(self, wk, cid, msg, x, y, r):
         flat, cfg = wk.flat, wk.cfg
-        mask = make_mask(flat, msg["mask"])
-        flat.flat.detach().zero_().index_copy_(0, mask.send_idx, msg["values"].to(wk.device))
+        mask = load_masked(flat, msg["values"], msg["mask"])
         readjust = self.readjusts(r, every=cfg.readjust_every)
         grad_sq = torch.zeros_like(flat.flat) if readjust and self.collects_importance else None
         loss = local_train(flat, x, y, spec=wk.spec, multiplier=mask.multiplier,

@@ -24,7 +24,7 @@ from .. import fields
 from ..sparse import make_mask, n_keep
 from ..training import local_train, predict
 from ..seeding import torch_gen
-from .messages import MessageMethod
+from .messages import MessageMethod, load_masked
 
 ACC_THRESHOLD = 0.2   # LotteryFL's acc_threshold
 PRUNE_FRACTION = 0.1  # LotteryFL's prune_percent (of the surviving weights, per pruning)
@@ -56,9 +56,8 @@ class LotteryFL(MessageMethod):
     def client_update(self, wk, cid, msg, x, y, r):
         flat, cfg = wk.flat, wk.cfg
         old = msg["mask"].to(wk.device)
-        mask = make_mask(flat, old)
+        mask = load_masked(flat, msg["values"], old)
         w = flat.flat.detach()
-        w.zero_().index_copy_(0, mask.send_idx, msg["values"].to(wk.device))
         floor = n_keep(cfg.density, flat.n_prunable)
         nnz = int(old.sum())
         new = old

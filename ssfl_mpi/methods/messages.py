@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..fields import Field
-from ..sparse import FlatModel, Mask, dense_mask
+from ..sparse import FlatModel, Mask, dense_mask, make_mask
 from .base import MaskContext, Method
 
 Message = dict[str, Field]
@@ -60,12 +60,11 @@ class MessageMethod(Method):
         return None
 
 
-def weighted_sum(vectors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """sum_k weights_k * vectors_k / sum_k weights_k in float64, in the given order (deterministic)."""
-    acc = torch.zeros_like(vectors[0], dtype=torch.float64)
-    for v, w in zip(vectors, weights):
-        acc.add_(v.double(), alpha=float(w))
-    return acc / float(sum(weights))
+def load_masked(flat: FlatModel, values: torch.Tensor, kept: torch.Tensor) -> Mask:
+    """A client's start: the received values in the model inside the received mask, zeros elsewhere."""
+    mask = make_mask(flat, kept.to(flat.flat.device))
+    flat.flat.detach().zero_().index_copy_(0, mask.send_idx, values.to(flat.flat.device))
+    return mask
 
 
 def prunable_density(flat: FlatModel, vector: torch.Tensor) -> float:
