@@ -101,6 +101,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="topk: clients add what they did not send to their next update (residual kept per "
                         "client, checkpointed)")
+    p.add_argument("--server-trains", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="rank 0 trains clients too (balanced placement): -n C uses all C cores; the results "
+                        "are the same")
     p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                    help="replace an existing result file")
 

@@ -78,6 +78,7 @@ class Config:
     on_nonfinite: str = "stop"  # a client update with NaN/Inf: stop the run, or skip that client
     liveness_timeout: float = 300.0  # seconds without a sign of life before a rank is declared gone (0: never)
     placement: str = "balanced"  # which rank trains which of a round's clients (results do not change)
+    server_trains: bool = False  # rank 0 trains clients too (balanced placement), so -n C uses C cores
     threads: int = 0  # 0: cores of this node divided by ranks on it
     device: str = "auto"
     out: str = ""  # empty: results/<method>_<dataset>_s<sparsity>_seed<seed>.h5
@@ -136,8 +137,12 @@ class Config:
             raise UsageError(f"--momentum must be < 1, got {self.momentum}")
         if self.synthetic_alpha < 0 or self.synthetic_beta < 0:
             raise UsageError("--synthetic-alpha and --synthetic-beta must be >= 0")
-        if not isinstance(self.error_feedback, bool):
-            raise UsageError(f"--error-feedback must be true or false, got {self.error_feedback!r}")
+        for name in ("error_feedback", "server_trains"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"--{_flag(name)} must be true or false, got {getattr(self, name)!r}")
+        if self.server_trains and self.placement == "static":
+            raise UsageError("--server-trains needs --placement balanced (static placement keeps clients on "
+                             "ranks 1..W)")
         from .methods import get
 
         problem = get(self.method).check_config(self)
@@ -243,7 +248,7 @@ def _check_real(name: str, value) -> None:
 
 # Where and how a run executes, not what it computes: a resumed run may change these.
 RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite", "checkpoint_every",
-                "liveness_timeout", "placement")
+                "liveness_timeout", "placement", "server_trains")
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 

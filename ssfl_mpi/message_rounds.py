@@ -31,6 +31,12 @@ def _rank_sums(lengths: np.ndarray, per_rank: np.ndarray) -> np.ndarray:
     return (ends[bounds[1:]] - ends[bounds[:-1]]).astype(np.int64)
 
 
+def _split(buf: np.ndarray, clients: np.ndarray, lengths: np.ndarray) -> dict[int, np.ndarray]:
+    """One rank's part of a Scatterv: its clients' messages, one after another."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return {int(cid): buf[offsets[i]: offsets[i + 1]] for i, cid in enumerate(clients)}
+
+
 class MessageServer(ServerBase):
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         super().__init__(s, mask, resume)
@@ -42,6 +48,7 @@ class MessageServer(ServerBase):
         else:
             self.global_flat = s.flat.flat.detach().cpu().clone()
             self.method.init_clients(self)
+        self.local = MessageWorker(s, mask, resume) if s.cfg.server_trains else None
 
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
         return self.global_flat.numpy().copy(), self.mask.kept.cpu().numpy()
@@ -57,18 +64,24 @@ class MessageServer(ServerBase):
         msgs = [fields.encode(down)] if shared else [fields.encode(m) for m in down]
         lengths = np.array([msgs[0].size] * len(plan.clients) if shared else [m.size for m in msgs], dtype=np.int64)
         comm.bcast_(np.append(lengths, int(shared)))  # the last entry says: one broadcast message
+        mine = plan.ranks == comm.rank  # the server's own clients, when it trains some
         if shared:
             comm.bcast_(msgs[0])
+            own = {int(cid): msgs[0] for cid in plan.clients[mine]}
         else:
             by_rank = plan.scatter_order()
-            comm.scatterv(np.concatenate([msgs[i] for i in by_rank]), _rank_sums(lengths[by_rank], plan.per_rank))
+            part = comm.scatterv(np.concatenate([msgs[i] for i in by_rank]),
+                                 _rank_sums(lengths[by_rank], plan.per_rank))
+            own = _split(part, plan.clients[mine], lengths[mine])
         traffic_down = fields.Traffic()
         for m in msgs:
             traffic_down.add(m, times=len(plan.clients) if shared else 1)
         self._finish_previous()
-        up_len = comm.gatherv(np.empty(0, np.int64), plan.per_rank)
-        up = comm.gatherv(np.empty(0, np.uint8), _rank_sums(up_len, plan.per_rank))
-        meta = gather_meta(comm, plan)
+        own_len, own_buf, own_meta = (self.local.train(plan, own) if self.local else
+                                      (np.empty(0, np.int64), np.empty(0, np.uint8), None))
+        up_len = comm.gatherv(own_len, plan.per_rank)
+        up = comm.gatherv(own_buf, _rank_sums(up_len, plan.per_rank))
+        meta = gather_meta(comm, plan, own_meta)
         row, order, sizes = self._round_row(r, plan, meta)
         offsets = np.concatenate([[0], np.cumsum(up_len)])
         received = {int(meta["client"][i]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
@@ -125,20 +138,30 @@ class MessageWorker:
         comm.bcast_(lengths)
         shared, lengths = bool(lengths[-1]), lengths[:-1]
         mine = plan.ranks == comm.rank
-        s.forget_visitors(set(plan.clients[mine].tolist()))
         if shared:
             buf = np.empty(int(lengths[0]), dtype=np.uint8)
             comm.bcast_(buf)
             return {int(cid): buf for cid in plan.clients[mine]}
         by_rank = plan.scatter_order()
         buf = comm.scatterv(None, _rank_sums(lengths[by_rank], plan.per_rank), dtype=np.uint8)
-        offsets = np.concatenate([[0], np.cumsum(lengths[mine])])
-        return {int(cid): buf[offsets[i]: offsets[i + 1]] for i, cid in enumerate(plan.clients[mine])}
+        return _split(buf, plan.clients[mine], lengths[mine])
 
     def _round(self, plan: RoundPlan) -> None:
-        s, comm, r = self.s, self.s.comm, plan.r
+        comm = self.s.comm
         comm.reset_timer()
-        received = self._receive(plan)
+        lengths, buf, meta = self.train(plan, self._receive(plan))
+        comm.gatherv(lengths, plan.per_rank)
+        counts = np.zeros(comm.size, dtype=np.int64)
+        counts[comm.rank] = lengths.sum()  # only the root's counts matter to Gatherv
+        comm.gatherv(buf, counts)
+        meta["comm_s"] = comm.reset_timer()
+        send_meta(comm, meta, plan)
+        report_rss(comm)
+
+    def train(self, plan: RoundPlan, received: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This rank's clients of the round: (reply lengths, replies, metadata), in client-id order."""
+        s, r = self.s, plan.r
+        s.forget_visitors(received)
         out, meta = [], new_meta(len(received))
         for i, cid in enumerate(sorted(received)):
             t0 = time.perf_counter()
@@ -152,13 +175,7 @@ class MessageWorker:
             out.append(fields.encode(reply))
             meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
         lengths = np.array([m.size for m in out], dtype=np.int64)
-        comm.gatherv(lengths, plan.per_rank)
-        counts = np.zeros(comm.size, dtype=np.int64)
-        counts[comm.rank] = lengths.sum()  # only the root's counts matter to Gatherv
         buf = np.concatenate(out) if out else np.empty(0, np.uint8)
-        if poisoned("count", comm.rank, r):
+        if poisoned("count", s.comm.rank, r):
             buf = buf[:-1]
-        comm.gatherv(buf, counts)
-        meta["comm_s"] = comm.reset_timer()
-        send_meta(comm, meta, plan)
-        report_rss(comm)
+        return lengths, buf, meta

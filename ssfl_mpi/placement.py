@@ -27,10 +27,10 @@ def work(sizes: np.ndarray, *, batch_size: int, epochs: int) -> np.ndarray:
     return -(-np.asarray(sizes, dtype=np.int64) // batch_size) * epochs
 
 
-def lpt(clients: np.ndarray, cost: np.ndarray, workers: int) -> np.ndarray:
-    """Ranks (1..W) for `clients`, in their order: heaviest first onto the least loaded worker."""
+def lpt(clients: np.ndarray, cost: np.ndarray, workers: int, *, first: int = 1) -> np.ndarray:
+    """Ranks (first..W) for `clients`, in their order: heaviest first onto the least loaded rank."""
     order = sorted(range(len(clients)), key=lambda i: (-int(cost[i]), int(clients[i])))
-    heap = [(0, rank) for rank in range(1, workers + 1)]
+    heap = [(0, rank) for rank in range(first, workers + 1)]
     ranks = np.zeros(len(clients), dtype=np.int64)
     for i in order:
         load, rank = heapq.heappop(heap)
@@ -40,10 +40,12 @@ def lpt(clients: np.ndarray, cost: np.ndarray, workers: int) -> np.ndarray:
 
 
 def place(kind: str, clients: np.ndarray, *, sizes: np.ndarray, batch_size: int, epochs: int,
-          workers: int) -> np.ndarray:
+          workers: int, server: bool = False) -> np.ndarray:
+    """With server=True rank 0 trains clients too (balanced placement only)."""
     if kind == "static":
         return static_home(len(sizes), workers)[clients]
-    return lpt(clients, work(sizes[clients], batch_size=batch_size, epochs=epochs), workers)
+    return lpt(clients, work(sizes[clients], batch_size=batch_size, epochs=epochs), workers,
+               first=0 if server else 1)
 
 
 def busiest_over_ideal(ranks: np.ndarray, cost: np.ndarray, workers: int) -> float:

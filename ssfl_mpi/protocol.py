@@ -42,8 +42,10 @@ def send_meta(comm: mpi.Comm, meta: np.ndarray, plan: "RoundPlan") -> None:
     comm.gatherv(meta.view(np.float64).ravel(), plan.meta_counts)
 
 
-def gather_meta(comm: mpi.Comm, plan: "RoundPlan") -> np.ndarray:
-    return comm.gatherv(np.empty(0, np.float64), plan.meta_counts).view(META)
+def gather_meta(comm: mpi.Comm, plan: "RoundPlan", own: np.ndarray | None = None) -> np.ndarray:
+    """On the server: every rank's records, its own (when it trains clients too) first."""
+    mine = own.view(np.float64).ravel() if own is not None else np.empty(0, np.float64)
+    return comm.gatherv(mine, plan.meta_counts).view(META)
 
 
 @dataclass
@@ -243,7 +245,7 @@ class RoundPlan:
         self.r = r
         self.clients = sample_clients(cfg.seed, r, cfg.clients, cfg.clients_per_round)
         self.ranks = place(cfg.placement, self.clients, sizes=s.sizes, batch_size=cfg.batch_size,
-                           epochs=cfg.local_epochs, workers=s.comm.workers)
+                           epochs=cfg.local_epochs, workers=s.comm.workers, server=cfg.server_trains)
         self.rank_of = dict(zip(self.clients.tolist(), self.ranks.tolist()))
         self.per_rank = np.bincount(self.ranks, minlength=s.comm.size)
         self.model_counts = self.per_rank * payload

@@ -32,6 +32,7 @@ class StaticServer(ServerBase):
         else:
             self.global_np = pack(s.flat.flat, mask.send_idx).cpu().numpy()
         self.recv = np.empty(s.cfg.clients_per_round * mask.payload, dtype=np.float32)
+        self.local = StaticWorker(s, mask, resume) if s.cfg.server_trains else None
 
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
         return self.global_np.copy(), self.mask.kept.cpu().numpy()
@@ -41,8 +42,9 @@ class StaticServer(ServerBase):
         plan = RoundPlan(self.s, r, self.mask.payload)
         comm.bcast_(self.global_np)
         self._finish_previous()
-        updates = comm.gatherv(np.empty(0, np.float32), plan.model_counts, self.recv)
-        meta = gather_meta(comm, plan)
+        own, own_meta = self.local.train(plan, self.global_np) if self.local else (np.empty(0, np.float32), None)
+        updates = comm.gatherv(own, plan.model_counts, self.recv)
+        meta = gather_meta(comm, plan, own_meta)
         return self._aggregate(r, plan, updates, meta)
 
     def _aggregate(self, r: int, plan: RoundPlan, updates: np.ndarray, meta: np.ndarray) -> dict:
@@ -83,11 +85,20 @@ class StaticWorker:
         inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
 
     def _round(self, plan: RoundPlan) -> None:
-        s, comm, payload = self.s, self.s.comm, self.mask.payload
-        mine = plan.mine(s)
+        comm = self.s.comm
         comm.reset_timer()
         comm.bcast_(self.global_np)
-        global_t = torch.from_numpy(self.global_np).to(s.device)
+        send, meta = self.train(plan, self.global_np)
+        comm.gatherv(send, plan.model_counts)
+        meta["comm_s"] = comm.reset_timer()
+        send_meta(comm, meta, plan)
+        report_rss(comm)
+
+    def train(self, plan: RoundPlan, global_np: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's clients of the round from the global vector: (packed updates, metadata)."""
+        s, comm, payload = self.s, self.s.comm, self.mask.payload
+        mine = plan.mine(s)
+        global_t = torch.from_numpy(global_np).to(s.device)
         if self.send.size < len(mine) * payload:
             self.send = np.empty(len(mine) * payload, dtype=np.float32)
         send = self.send[: len(mine) * payload]
@@ -109,7 +120,4 @@ class StaticWorker:
             meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
         if poisoned("count", comm.rank, plan.r):
             send = send[:-1]
-        comm.gatherv(send, plan.model_counts)
-        meta["comm_s"] = comm.reset_timer()
-        send_meta(comm, meta, plan)
-        report_rss(comm)
+        return send, meta
