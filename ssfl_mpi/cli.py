@@ -179,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     placement.add_argument("--out", default="results/bench_placement.h5")
     placement.add_argument("--overwrite", action="store_true")
     placement.set_defaults(func=cmd_bench_placement)
+    plain = bench_sub.add_parser("plain", help="the yardstick: the same FedAvg clients in one plain PyTorch "
+                                 "process, no MPI (wall time, steps, accuracy)")
+    plain.add_argument("--preset", default="digits-compare", help="run settings (default digits-compare)")
+    plain.add_argument("--config", metavar="FILE.toml", help="run settings from a file instead")
+    plain.add_argument("--rounds", type=int, help="override the preset's rounds")
+    plain.add_argument("--threads", type=int, default=1)
+    plain.add_argument("--out", default="results/bench_plain.h5")
+    plain.add_argument("--overwrite", action="store_true")
+    plain.set_defaults(func=cmd_bench_plain)
     soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
     soak.add_argument("--rounds", type=int, default=300)
     soak.add_argument("--early", type=int, default=30, help="the round compared with the last")
@@ -378,6 +387,26 @@ def _placement_inputs(values: dict):
     return cfg, np.array([len(p) for p in parts], dtype=np.int64)
 
 
+def cmd_bench_plain(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .plain import plain_fedavg
+    from .results import check_writable, write_bench
+
+    with same_on_every_rank():
+        values = load_toml(args.config) if args.config else load_preset(args.preset)
+        if args.rounds is not None:
+            values["rounds"] = args.rounds
+        cfg = make_config(values, {"method": "fedavg"})
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        if mpi.world_rank() == 0:
+            check_writable(Path(args.out), overwrite=args.overwrite)
+    if mpi.world_rank() == 0:
+        row = plain_fedavg(cfg, threads=args.threads)
+        write_bench(args.out, [row], [], overwrite=args.overwrite, attrs={"kind": "plain", "config": cfg.to_json()})
+    return EXIT_OK
+
+
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     from . import comm as mpi
     from .soak import soak
@@ -399,9 +428,10 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     from . import comm as mpi
 
-    from .lifecycle import STOP
+    from .lifecycle import STOP, keep_freed_memory
 
     STOP.install()  # before anything can take long: see lifecycle.StopFlag
+    keep_freed_memory()
     try:
         _setup_logging()
         with same_on_every_rank():

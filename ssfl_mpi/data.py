@@ -220,14 +220,16 @@ def crop_flip(x: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: t
     followed by Normalize, as the reference pipeline does.
     """
     n, c, h, w = x.shape
+    dev = x.device  # on a GPU the whole crop runs there: the few random numbers are moved, not the images
     padded = x.new_zeros((n, c, h + 2 * pad, w + 2 * pad))
     if fill is not None:
-        padded += fill.to(x.dtype).view(1, c, 1, 1)
+        padded += fill.to(device=dev, dtype=x.dtype).view(1, c, 1, 1)
     padded[:, :, pad: pad + h, pad: pad + w] = x
-    rows = tops.view(n, 1) + torch.arange(h)
-    cols = torch.arange(w).expand(n, w)
+    tops, lefts, flips = tops.to(dev), lefts.to(dev), flips.to(dev)
+    rows = tops.view(n, 1) + torch.arange(h, device=dev)
+    cols = torch.arange(w, device=dev).expand(n, w)
     cols = torch.where(flips.view(n, 1), w - 1 - cols, cols) + lefts.view(n, 1)
-    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+    return padded[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
                   rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 

@@ -102,3 +102,30 @@ def poisoned(kind: str, who: int, r: int) -> bool:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+ALLOCATOR_ENV = "SSFL_MPI_MALLOC"  # "system": leave glibc's malloc settings alone
+ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed large blocks for reuse instead of returning them to the kernel.
+
+    torch's CPU tensors above glibc's mmap threshold (at most 32 MiB) are mmap'ed and unmapped on
+    every free, so each evaluation batch and each large training activation is page-faulted in
+    afresh. Measured on ResNet-18, one thread: evaluating 1,000 images at batch 1000 took 10.4 s
+    (3.2 M minor faults, half of it system time) and 5.6 s with this; four training steps of
+    batch 128 took 11.0 s and 8.5 s. The price: a rank's resident memory stays at its peak
+    instead of shrinking between rounds. Returns whether it took effect (glibc only)."""
+    global ALLOCATOR_TUNED
+    if os.environ.get(ALLOCATOR_ENV) == "system":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc
+        ALLOCATOR_TUNED = False
+    return ALLOCATOR_TUNED

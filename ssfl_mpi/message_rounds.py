@@ -92,7 +92,8 @@ class MessageServer(ServerBase):
             buf = received[cid]
             traffic_up.add(buf)
             msg = fields.decode(buf)
-            if self._finite_or_skip(r, cid, *[t for t in msg.values() if t.dtype == torch.float32]):
+            if self._finite_or_skip(r, cid, *[t for t in msg.values() if t.dtype == torch.float32],
+                                    rank=plan.rank_of[cid]):
                 updates[cid], weights[cid] = msg, float(sizes[j])
         extra = self.method.aggregate(self, r, updates, weights) if updates else {}
         kept = self.method.global_kept(self)

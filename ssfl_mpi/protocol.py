@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import comm as mpi
+from . import lifecycle
 from . import data, models
 from .config import TORCHVISION_DATASETS, Config
 from .errors import Interrupted, RunError, UsageError
@@ -75,7 +76,7 @@ class Setup:
         if cid in self.clients:
             return self.clients[cid]
         if cid not in self._visiting:
-            self._visiting[cid] = self.dataset.train_subset(self.parts[cid])
+            self._visiting[cid] = tuple(t.to(self.device) for t in self.dataset.train_subset(self.parts[cid]))
         return self._visiting[cid]
 
     def forget_visitors(self, keep) -> None:
@@ -110,13 +111,18 @@ def pick_threads(requested: int, ranks_on_node: int) -> int:
     return max(1, cores // ranks_on_node)
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """Rank -> device: ranks on a node share its GPUs round-robin by node-local rank."""
+def pick_device(requested: str, local_rank: int, local_size: int = 1) -> torch.device:
+    """Rank -> device: ranks on a node share its GPUs round-robin by node-local rank (several
+    ranks per GPU are supported: each has its own CUDA context and memory; say so once)."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UsageError("--device cuda but torch sees no CUDA device on this node")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    gpus = torch.cuda.device_count()
+    if local_rank == 0 and local_size > gpus:
+        log.info("setup: %d ranks on this node share its %d GPU(s), up to %d per GPU (each with its own CUDA "
+                 "context)", local_size, gpus, -(-local_size // gpus))
+    return torch.device("cuda", local_rank % gpus)
 
 
 def setup(cfg: Config, comm: mpi.Comm, *, resuming: bool = False) -> Setup:
@@ -162,7 +168,7 @@ class Phase:
 def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
     threads = pick_threads(cfg.threads, comm.local_size)
     torch.set_num_threads(threads)
-    device = pick_device(cfg.device, comm.local_rank)
+    device = pick_device(cfg.device, comm.local_rank, comm.local_size)
     with Phase(f"load {cfg.dataset}", announce=cfg.dataset not in ("digits", "synthetic")) as ph:
         ds = data.load(cfg.dataset, root=cfg.data_root, download=False,
                        synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
@@ -175,7 +181,9 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
         if sizes.min() == 0:
             raise UsageError(f"partition {cfg.partition_scheme} left client {int(sizes.argmin())} without data")
         home = static_home(cfg.clients, comm.workers)
-        clients = {k: ds.train_subset(parts[k]) for k in range(cfg.clients) if home[k] == comm.rank}
+        # On a GPU a client's samples are copied there once, not once per minibatch.
+        clients = {k: tuple(t.to(device) for t in ds.train_subset(parts[k]))
+                   for k in range(cfg.clients) if home[k] == comm.rank}
         test = ds.test_set() if comm.is_server else None
         counts = label_counts(ds.train_labels, parts, ds.n_classes)
         owner = None
@@ -290,6 +298,7 @@ class ServerBase:
             "payload_values": mask.payload, "mask_digest": mask.digest(),
             "setup_bytes_up": up, "setup_bytes_down": down,
             "threads_per_rank": s.threads, "device": str(s.device),
+            "malloc_keeps_freed": int(lifecycle.ALLOCATOR_TUNED),
         }
 
     def run(self) -> Path:
@@ -456,11 +465,11 @@ class ServerBase:
                "clients_skipped": 0}
         return row, order, sizes
 
-    def _finite_or_skip(self, r: int, cid: int, *arrays) -> bool:
+    def _finite_or_skip(self, r: int, cid: int, *arrays, rank: int) -> bool:
         """False if the client's update must be left out; stops the run unless told to skip."""
         if all(a is None or bool(np.isfinite(np.asarray(a)).all()) for a in arrays):
             return True
-        message = (f"round {r}: client {cid} sent a non-finite update (NaN or "
+        message = (f"round {r}: client {cid} (rank {rank}) sent a non-finite update (NaN or "
                    f"Inf); nothing of it reached the global model. Lower --lr or --grad-clip, or pass "
                    f"--on-nonfinite skip to leave such updates out")
         if self.cfg.on_nonfinite == "stop":

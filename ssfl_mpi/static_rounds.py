@@ -51,7 +51,7 @@ class StaticServer(ServerBase):
         row, order, _ = self._round_row(r, plan, meta)
         rows = torch.from_numpy(updates).view(len(order), self.mask.payload)
         cids = meta["client"].astype(np.int64)
-        good = [i for i in order if self._finite_or_skip(r, int(cids[i]), rows[i])]
+        good = [i for i in order if self._finite_or_skip(r, int(cids[i]), rows[i], rank=plan.rank_of[int(cids[i])])]
         if good:  # with every update skipped, the global model stays as it was
             weighted_average([rows[i] for i in good], meta["n_samples"][good], out=torch.from_numpy(self.global_np))
         payload_bytes = self.mask.payload * self.global_np.itemsize * len(order)
