@@ -134,7 +134,7 @@ class MessageWorker:
         inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
 
     def _receive(self, plan: RoundPlan) -> dict[int, np.ndarray]:
-        s, comm = self.s, self.s.comm
+        comm = self.s.comm
         lengths = np.empty(len(plan.clients) + 1, dtype=np.int64)
         comm.bcast_(lengths)
         shared, lengths = bool(lengths[-1]), lengths[:-1]

@@ -188,3 +188,31 @@ def test_femnist_layout_runs_with_one_client_per_writer(tmp_path):
     proc = launch(3, "run", "--dataset", "femnist", "--data-root", str(root), "--clients", "301",
                   "--out", str(tmp_path / "g.h5"))
     assert proc.returncode == 2 and "only 300 natural clients" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "shape", "nan"])
+def test_damaged_client_state_refuses_to_resume_and_leaves_the_file(tmp_path, damage):
+    import h5py
+
+    path = tmp_path / "r.h5"
+    proc = launch(3, "run", *VARIANTS["dispfl"], *SMALL, "--out", str(path), env={"SSFL_MPI_TEST_FAULT": "term:0:3"},
+                  timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    with h5py.File(path, "r+") as f:
+        g = f["checkpoint/clients"]
+        if damage == "missing":
+            del g["weights"]
+        elif damage == "shape":
+            w = g["weights"][()]
+            del g["weights"]
+            g.create_dataset("weights", data=w[:-1])
+        else:
+            w = g["weights"][()]
+            w[0, 0] = np.nan
+            g["weights"][...] = w
+    before = path.read_bytes()
+    proc = launch(3, "run", "--resume", str(path), timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 3, proc.stderr
+    assert "cannot be resumed" in lines[0] and "client state" in lines[0]
+    assert path.read_bytes() == before

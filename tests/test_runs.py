@@ -142,7 +142,8 @@ def test_bench_comm_writes_every_transport_with_honest_bytes(tmp_path):
     assert b["bytes_up"][0] == 20000 * 4 * clients  # dense
     assert b["bytes_up"][2] == 20000 * 24 * clients  # saliency scores as three int64 limbs
     assert b["bytes_up"][3] == 5000 * 4 * clients  # packed values only
-    assert b["bytes_up"][4] == (16 + 5000 * 4 + 20000 // 8) * clients  # header + values + bitmap
+    # message header, then a values field and a bitmap field, each with its header and padding to 8
+    assert b["bytes_up"][4] == (8 + 40 + 5000 * 4 + 40 + 20000 // 8 + 4) * clients
     assert b["bytes_up"][5] == 5000 * 8 * clients  # int32 index + float32 value
     assert np.allclose(b["mb_per_s"], (b["bytes_up"] + b["bytes_down"]) / b["median_s"] / 1e6)
     assert "packed" in proc.stdout and "vs dense" in proc.stdout

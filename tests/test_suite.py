@@ -219,6 +219,6 @@ def test_scaling_sbatch_doubles_the_workers_up_to_the_allocation(tmp_path):
 
 def test_shipped_grids_list_without_data(tmp_path):
     digits = load_grid("digits-compare", validate=False)
-    assert len(digits) == 159 and len({c.name for c in digits}) == 159
+    assert len(digits) == 231 and len({c.name for c in digits}) == 231
     cifar = load_grid("paper-cifar10-sparsity", validate=False)
     assert {c.options["model"] for c in cifar} == {"resnet18"} and len(cifar) == 5 + 5 * 5 * 4
