@@ -336,9 +336,10 @@ class ServerBase:
         return self.writer.path
 
     def _loop(self) -> None:
-        """Round r: the subclass's `_round` sends the global model down, finishes round r-1 (its
-        evaluation overlaps the workers' training), gathers and aggregates; then the state
-        after round r is checkpointed (if due) before anything else can happen."""
+        """Round r: the subclass's `_round` sends the global model down, then finishes round r-1
+        while the workers train (evaluates it and commits its row with the state after it, in
+        one write, off the critical path), then gathers and aggregates round r. A kill loses at
+        most the rounds not yet committed; the file always holds a checkpoint to resume from."""
         self.pending = None
         for r in range(self.start, self.cfg.rounds + 1):
             inject_fault(self.s.comm.rank, r)
@@ -347,7 +348,6 @@ class ServerBase:
             t0 = time.perf_counter()
             row = self._round(r)
             row["time_round"] = time.perf_counter() - t0
-            self._checkpoint(row)
             self.pending = row
         self._finish_previous()
         inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
@@ -355,26 +355,21 @@ class ServerBase:
     def _round(self, r: int) -> dict:
         raise NotImplementedError
 
-    def _finish_previous(self) -> None:
+    def _finish_previous(self, *, force_checkpoint: bool = False) -> None:
+        """Finish the last aggregated round while its state is still the current one."""
         if self.pending is not None:
-            self._finish(self.pending)
-            self.pending = None
+            row, self.pending = self.pending, None
+            r = row["round"]
+            due = force_checkpoint or r % self.cfg.checkpoint_every == 0 or r == self.cfg.rounds
+            self._finish(row, checkpoint=due)
 
     def _stopping(self) -> bool:
-        """Every rank agrees at each round boundary; on a stop the last round is finished first."""
+        """Every rank agrees at each round boundary; on a stop the last round is finished and
+        checkpointed first."""
         if not self.s.comm.any_(self.s.stop.set):
             return False
-        if self.pending is not None:
-            self._checkpoint(self.pending, force=True)
-            self._finish_previous()
+        self._finish_previous(force_checkpoint=True)
         return True
-
-    def _checkpoint(self, row: dict, *, force: bool = False) -> None:
-        """Commit the state after this round (when due), before the next round starts."""
-        r = row["round"]
-        if force or r % self.cfg.checkpoint_every == 0 or r == self.cfg.rounds:
-            vector, kept = self._state()
-            self.writer.write_checkpoint(row, vector=vector, kept=kept, clients=self._client_arrays())
 
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
         """(vector, kept) that resume from the round being finished."""
@@ -429,10 +424,16 @@ class ServerBase:
             s.flat.flat.detach().copy_(saved)
         return float(np.mean(accs))
 
-    def _finish(self, row: dict) -> None:
-        """Evaluate the round's model (if due), write its row, print its line."""
+    def _finish(self, row: dict, *, checkpoint: bool = False) -> None:
+        """Evaluate the round's model (if due), write its row and, if asked, the state after it
+        (with the row as known before evaluation, which a resumed run evaluates again), commit
+        both at once, print its line."""
         cfg = self.cfg
         r = row["round"]
+        if checkpoint:
+            vector, kept = self._state()
+            self.writer.write_checkpoint(dict(row), vector=vector, kept=kept, clients=self._client_arrays(),
+                                         commit=False)
         self._load_global()
         nan = float("nan")
         metrics = {"test_accuracy": nan, "test_loss": nan, "client_accuracy": nan, "personal_accuracy": nan}

@@ -131,6 +131,7 @@ class ResultWriter:
         if self.path.exists() and not overwrite:
             raise UsageError(f"result file {str(self.path)!r} exists: choose another --out or pass --overwrite")
         self.failed = False
+        self.bytes_written = self.commits = 0  # by this process's commits
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         a = self.f.attrs
         a["schema"] = SCHEMA
@@ -151,6 +152,7 @@ class ResultWriter:
         """Continue a file: its rounds after `keep_rounds` (those past the checkpoint) are dropped."""
         self = cls.__new__(cls)
         self.failed = False
+        self.bytes_written = self.commits = 0
         self.path = Path(path)
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         with h5py.File(self.path, "r", locking=False) as src:
@@ -185,6 +187,8 @@ class ResultWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
+            self.bytes_written += len(image)
+            self.commits += 1
         except OSError as exc:
             self.failed = True
             try:
@@ -234,7 +238,7 @@ class ResultWriter:
         self.commit()
 
     def write_checkpoint(self, row: dict, *, vector: np.ndarray, kept: np.ndarray,
-                         clients: dict[str, np.ndarray] | None = None) -> None:
+                         clients: dict[str, np.ndarray] | None = None, commit: bool = True) -> None:
         """The state after round row["round"], committed as soon as the round is aggregated.
 
         With it goes that round's row as far as it is known before evaluation, so that a resumed
@@ -254,7 +258,8 @@ class ResultWriter:
             c = g.create_group("clients")
             for name, a in clients.items():
                 c.create_dataset(name, data=a, **({"compression": "gzip", "shuffle": True} if a.dtype == bool else {}))
-        self.commit()
+        if commit:
+            self.commit()
 
     def write_saliency(self, scores: np.ndarray, attrs: dict) -> None:
         """The aggregated global score the mask was chosen from (float32, one per prunable weight)."""
@@ -281,6 +286,9 @@ class ResultWriter:
         try:
             self.f.attrs["status"] = status
             self.f.attrs["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            # Of this process (a resumed run counts from its resume), before this last commit.
+            self.f.attrs["disk_bytes_written"] = self.bytes_written
+            self.f.attrs["commits"] = self.commits
             self.commit()
         finally:
             self.f.close()
