@@ -27,8 +27,9 @@ METRICS = {
     "acc": ("test_accuracy", "the global model's accuracy on the whole test set"),
     "client": ("client_accuracy", "the global model's accuracy on each client's own test split, "
                "unweighted mean over clients (what the SSFL authors' and DisPFL's codes report)"),
-    "personal": ("personal_accuracy", "each client's own model (the global one inside its own mask) on "
-                 "its own test split, unweighted mean over clients"),
+    "personal": ("personal_accuracy", "each client's own model (DisPFL's own weights; the global one inside "
+                 "the client's own mask for LotteryFL and client-wise masks; the global one otherwise) on its own "
+                 "test split, unweighted mean over clients"),
 }
 
 

@@ -28,8 +28,9 @@ ROUND_FIELDS = {
     "client_accuracy": np.float64,  # unweighted mean over clients of the global model's accuracy on
                                   # each client's own test split (the accuracy the SSFL and DisPFL
                                   # codes report); NaN if not evaluated
-    "personal_accuracy": np.float64,  # the same with each client's own model (the global one inside its
-                                  # own mask): equal to client_accuracy where all share one mask
+    "personal_accuracy": np.float64,  # the same with each client's own model (DisPFL: its own weights;
+                                  # LotteryFL, client-wise masks: the global one inside its own mask):
+                                  # equal to client_accuracy where all share one model
     "test_loss": np.float64,      # mean cross-entropy on the test set; NaN if not evaluated
     "train_loss": np.float64,     # n_k-weighted mean of the sampled clients' local training loss
     "bytes_up": np.int64,         # payload bytes the round's clients send: float32 values, plus
