@@ -216,3 +216,19 @@ def test_damaged_client_state_refuses_to_resume_and_leaves_the_file(tmp_path, da
     assert proc.returncode == 2 and len(lines) == 3, proc.stderr
     assert "cannot be resumed" in lines[0] and "client state" in lines[0]
     assert path.read_bytes() == before
+
+
+def test_shakespeare_layout_runs_the_lstm_with_one_client_per_role(tmp_path):
+    root = write_leaf("shakespeare", tmp_path / "shakespeare", writers=12, per_writer=(6, 10), seed=4)
+    path = tmp_path / "s.h5"
+    proc = launch(3, "run", "--dataset", "shakespeare", "--data-root", str(root), "--method", "ssfl",
+                  "--clients", "12", "--clients-per-round", "4", "--rounds", "2", "--local-epochs", "1",
+                  "--threads", "1", "--sparsity", "0.8", "--out", str(path), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = read(path)
+    assert r["attrs"]["model"] == "char-lstm" and r["attrs"]["partition"] == "natural"
+    names = [n.decode() if isinstance(n, bytes) else n for n in r["mask"]["layers"]["name"]]
+    assert "lstm.weight_hh_l1" in names
+    kept = r["mask"]["flat"]
+    weights = np.concatenate([r["model"][n].ravel() for n in names])
+    assert np.all(weights[~kept] == 0) and kept.mean() == pytest.approx(0.2, abs=1e-4)
