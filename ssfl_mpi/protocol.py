@@ -196,6 +196,10 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
         elif comm.is_server:
             owner = proportional_test_split(test[1].numpy(), counts, np_rng(cfg.seed, "personal-split"))
         ph.detail = f": {sizes.min()}-{sizes.max()} samples each"
+        if ds.group_names and cfg.partition_scheme == "natural":
+            ph.detail += (f" (the first {cfg.clients} of {len(ds.group_names)} writers/roles; --clients "
+                          f"{len(ds.group_names)} takes them all)" if cfg.clients < len(ds.group_names) else
+                          f" (all {len(ds.group_names)} writers/roles)")
     model_name = models.resolve(cfg.model, cfg.dataset)
     with Phase(f"build {model_name}") as ph:
         net = models.build(model_name, dataset=cfg.dataset, input_shape=ds.input_shape,
