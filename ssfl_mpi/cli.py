@@ -108,6 +108,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="replace an existing result file")
 
 
+def _add_bench_settings(p: argparse.ArgumentParser, *, preset: str, out: str) -> None:
+    """Where a benchmark that needs no launch takes its run settings from, and where it writes."""
+    p.add_argument("--preset", default=preset, help=f"run settings (default {preset})")
+    p.add_argument("--config", metavar="FILE.toml", help="run settings from a file instead")
+    p.add_argument("--out", default=out)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _bench_settings(args: argparse.Namespace) -> dict:
+    return load_toml(args.config) if args.config else load_preset(args.preset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ssfl-mpi", description="Salient Sparse Federated Learning over MPI. "
                      "Launch with mpirun -n N (rank 0: server, ranks 1..N-1: clients).")
@@ -173,20 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.set_defaults(func=cmd_bench_scaling)
     placement = bench_sub.add_parser("placement", help="the busiest worker's work against the ideal, static "
                                      "against balanced placement, for many launch sizes (no training)")
-    placement.add_argument("--preset", default="paper-cifar10", help="run settings (default paper-cifar10)")
-    placement.add_argument("--config", metavar="FILE.toml", help="run settings from a file instead")
+    _add_bench_settings(placement, preset="paper-cifar10", out="results/bench_placement.h5")
     placement.add_argument("--ranks", default="3,5,11,21,51,101", help="comma-separated launch sizes")
-    placement.add_argument("--out", default="results/bench_placement.h5")
-    placement.add_argument("--overwrite", action="store_true")
     placement.set_defaults(func=cmd_bench_placement)
     plain = bench_sub.add_parser("plain", help="the yardstick: the same FedAvg clients in one plain PyTorch "
                                  "process, no MPI (wall time, steps, accuracy)")
-    plain.add_argument("--preset", default="digits-compare", help="run settings (default digits-compare)")
-    plain.add_argument("--config", metavar="FILE.toml", help="run settings from a file instead")
+    _add_bench_settings(plain, preset="digits-compare", out="results/bench_plain.h5")
     plain.add_argument("--rounds", type=int, help="override the preset's rounds")
     plain.add_argument("--threads", type=int, default=1)
-    plain.add_argument("--out", default="results/bench_plain.h5")
-    plain.add_argument("--overwrite", action="store_true")
     plain.set_defaults(func=cmd_bench_plain)
     soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
     soak.add_argument("--rounds", type=int, default=300)
@@ -346,7 +352,7 @@ def cmd_bench_placement(args: argparse.Namespace) -> int:
     from .bench import placement_benchmark
 
     with same_on_every_rank():
-        values = load_toml(args.config) if args.config else load_preset(args.preset)
+        values = _bench_settings(args)
         try:
             ranks = [int(x) for x in args.ranks.split(",")]
         except ValueError:
@@ -369,8 +375,7 @@ def _placement_inputs(values: dict):
     import numpy as np
 
     from . import data
-    from .partition import balanced_sizes, partition
-    from .seeding import np_rng
+    from .partition import balanced_sizes, split_for
 
     root = values.get("data_root", "data")
     missing = values.get("dataset") in KNOWN_TRAIN_SIZES and not os.path.isdir(root)
@@ -382,9 +387,7 @@ def _placement_inputs(values: dict):
         return cfg, balanced_sizes(KNOWN_TRAIN_SIZES[cfg.dataset], cfg.clients)
     ds = data.load(cfg.dataset, root=cfg.data_root, download=False, synthetic_alpha=cfg.synthetic_alpha,
                    synthetic_beta=cfg.synthetic_beta)
-    parts = partition(cfg.partition_scheme, ds.train_labels, n_clients=cfg.clients, rng=np_rng(cfg.seed, "partition"),
-                      alpha=cfg.alpha, classes_per_client=cfg.classes_per_client, groups=ds.train_groups)
-    return cfg, np.array([len(p) for p in parts], dtype=np.int64)
+    return cfg, np.array([len(p) for p in split_for(cfg, ds)], dtype=np.int64)
 
 
 def cmd_bench_plain(args: argparse.Namespace) -> int:
@@ -393,7 +396,7 @@ def cmd_bench_plain(args: argparse.Namespace) -> int:
     from .results import check_writable, write_bench
 
     with same_on_every_rank():
-        values = load_toml(args.config) if args.config else load_preset(args.preset)
+        values = _bench_settings(args)
         if args.rounds is not None:
             values["rounds"] = args.rounds
         cfg = make_config(values, {"method": "fedavg"})

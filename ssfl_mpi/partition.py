@@ -42,6 +42,15 @@ def natural(labels, *, n_clients, groups, **_):
     return [order[bounds[k]: bounds[k + 1]] for k in range(n_clients)]
 
 
+def split_for(cfg, ds) -> list[np.ndarray]:
+    """The clients' sample indices a run with config `cfg` uses on data set `ds` (every rank, the
+    benchmarks and the plain yardstick derive them the same way)."""
+    from .seeding import np_rng
+
+    return partition(cfg.partition_scheme, ds.train_labels, n_clients=cfg.clients, rng=np_rng(cfg.seed, "partition"),
+                     alpha=cfg.alpha, classes_per_client=cfg.classes_per_client, groups=ds.train_groups)
+
+
 def balanced_sizes(n: int, n_clients: int) -> np.ndarray:
     """n/K each, remainder to the first clients."""
     sizes = np.full(n_clients, n // n_clients, dtype=np.int64)

@@ -18,16 +18,14 @@ def plain_fedavg(cfg, *, threads: int = 1) -> dict:
     import torch.nn.functional as F
 
     from . import data, models
-    from .partition import partition
-    from .seeding import np_rng, sample_clients, torch_gen
+    from .partition import split_for
+    from .seeding import sample_clients, torch_gen
 
     torch.set_num_threads(threads)
     t_import = time.perf_counter() - t0
     ds = data.load(cfg.dataset, root=cfg.data_root, download=False, synthetic_alpha=cfg.synthetic_alpha,
                    synthetic_beta=cfg.synthetic_beta)
-    parts = partition(cfg.partition_scheme, ds.train_labels, n_clients=cfg.clients, rng=np_rng(cfg.seed, "partition"),
-                      alpha=cfg.alpha, classes_per_client=cfg.classes_per_client, groups=ds.train_groups)
-    clients = {k: ds.train_subset(p) for k, p in enumerate(parts)}
+    clients = {k: ds.train_subset(p) for k, p in enumerate(split_for(cfg, ds))}
     net = models.build(models.resolve(cfg.model, cfg.dataset), dataset=cfg.dataset, input_shape=ds.input_shape,
                        n_classes=ds.n_classes, seed=0)
     params = list(net.parameters())

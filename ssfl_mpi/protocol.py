@@ -19,7 +19,7 @@ from .errors import Interrupted, RunError, UsageError
 from .lifecycle import STOP, StopFlag, inject_fault, peak_rss_mb
 from . import methods
 from .methods import MaskContext
-from .partition import label_counts, partition, proportional_test_split
+from .partition import label_counts, proportional_test_split, split_for
 from .placement import place, static_home
 from .results import ResultWriter, check_writable, claim
 from .seeding import np_rng, sample_clients, torch_seed
@@ -174,9 +174,7 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
                        synthetic_alpha=cfg.synthetic_alpha, synthetic_beta=cfg.synthetic_beta)
         ph.detail = f": {len(ds.train_labels)} training samples, {ds.n_classes} classes"
     with Phase(f"partition {cfg.partition_scheme} over {cfg.clients} clients") as ph:
-        parts = partition(cfg.partition_scheme, ds.train_labels, n_clients=cfg.clients,
-                          rng=np_rng(cfg.seed, "partition"), alpha=cfg.alpha,
-                          classes_per_client=cfg.classes_per_client, groups=ds.train_groups)
+        parts = split_for(cfg, ds)
         sizes = np.array([len(p) for p in parts], dtype=np.int64)
         if sizes.min() == 0:
             raise UsageError(f"partition {cfg.partition_scheme} left client {int(sizes.argmin())} without data")

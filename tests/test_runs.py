@@ -116,7 +116,7 @@ def test_exception_on_one_rank_ends_the_job_with_its_traceback(rank, tmp_path):
     t0 = time.monotonic()
     proc = launch(3, "run", *SMALL, "--rounds", "50", "--out", str(out),
                   env={"SSFL_MPI_TEST_FAULT": f"{rank}:2"}, timeout=60)
-    assert time.monotonic() - t0 < 40
+    assert time.monotonic() - t0 < 180  # a hang guard, not a speed claim (MPIEXEC_TIMEOUT is 60 s)
     assert proc.returncode != 0
     assert proc.stderr.count("Traceback") == 1
     assert f"rank {rank} on" in proc.stderr and "injected fault" in proc.stderr

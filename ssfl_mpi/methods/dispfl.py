@@ -30,7 +30,7 @@ from ..masks import random_mask
 from ..seeding import torch_gen
 from ..sparse import FlatModel, make_mask, n_keep, topk_mask
 from ..training import local_train
-from .messages import MessageMethod, load_masked
+from .messages import MessageMethod, apply_changes, load_masked
 
 
 def holder_average(flat: FlatModel, weights: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
@@ -79,13 +79,11 @@ class DisPFL(MessageMethod):
     def downlink(self, srv, r, clients):
         flat, store = srv.flat, srv.store
         out = []
-        self._down_density = []
         for cid in clients:
             cid = int(cid)
             group = self.neighbours(srv.cfg, cid, r)
             avg = holder_average(flat, [store.get("weights", j) for j in group], [store.get("mask", j) for j in group])
             own = make_mask(flat, store.get("mask", cid))
-            self._down_density.append(own.density)
             out.append({"values": fields.values(avg[own.send_idx.cpu()]),
                         "mask": fields.state(store.get("mask", cid))})
         return out
@@ -137,24 +135,19 @@ class DisPFL(MessageMethod):
 
     def aggregate(self, srv, r, updates, sizes):
         flat, store = srv.flat, srv.store
-        changes, up = 0, []
+        changes, up, down = 0, [], []
         for cid, msg in updates.items():
-            new = store.get("mask", cid) ^ msg["changes"]
-            kept = make_mask(flat, new)
-            if msg["values"].numel() != kept.payload:
-                raise RuntimeError(f"round {r}: client {cid} sent {msg['values'].numel()} values for a mask "
-                                   f"of {kept.payload}")
+            old, kept = apply_changes(srv, r, cid, msg)
             weights = torch.zeros(flat.numel)
             weights[kept.send_idx.cpu()] = msg["values"]
-            store.put("mask", cid, new)
             store.put("weights", cid, weights)
             changes += int(msg["changes"].sum())
             up.append(kept.density)
+            down.append(float(old.double().mean()))  # the mask its values came down on
         everyone = range(srv.cfg.clients)
         srv.global_flat.copy_(holder_average(flat, [store.get("weights", j) for j in everyone],
                                              [store.get("mask", j) for j in everyone]))
-        return {"mask_changes": changes, "density_up": float(np.mean(up)),
-                "density_down": float(np.mean(self._down_density))}
+        return {"mask_changes": changes, "density_up": float(np.mean(up)), "density_down": float(np.mean(down))}
 
     def personal_vector(self, srv, cid):
         return srv.store.get("weights", cid)

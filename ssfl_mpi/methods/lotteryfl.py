@@ -24,7 +24,7 @@ from .. import fields
 from ..sparse import make_mask, n_keep
 from ..training import local_train, predict
 from ..seeding import torch_gen
-from .messages import MessageMethod, load_masked
+from .messages import MessageMethod, apply_changes, load_masked
 
 ACC_THRESHOLD = 0.2   # LotteryFL's acc_threshold
 PRUNE_FRACTION = 0.1  # LotteryFL's prune_percent (of the surviving weights, per pruning)
@@ -76,22 +76,16 @@ class LotteryFL(MessageMethod):
         return {"values": fields.values(w[mask.send_idx]), "changes": fields.index((new ^ old).cpu())}, loss
 
     def aggregate(self, srv, r, updates, sizes):
-        flat, store = srv.flat, srv.store
+        flat = srv.flat
         total = torch.zeros(flat.numel, dtype=torch.float64)
         count = torch.zeros(flat.numel, dtype=torch.float64)
         changes, up, down = 0, [], []
         for cid, msg in updates.items():
-            old = store.get("mask", cid)
+            old, kept = apply_changes(srv, r, cid, msg)
             down.append(float(old.double().mean()))
-            new = old ^ msg["changes"]
-            kept = make_mask(flat, new)
-            if msg["values"].numel() != kept.payload:
-                raise RuntimeError(f"round {r}: client {cid} sent {msg['values'].numel()} values for a mask "
-                                   f"of {kept.payload}")
             idx = kept.send_idx.cpu()
             total[idx] += msg["values"].double()
             count[idx] += 1.0
-            store.put("mask", cid, new)
             changes += int(msg["changes"].sum())
             up.append(kept.density)
         held = count > 0

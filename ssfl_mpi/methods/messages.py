@@ -67,6 +67,17 @@ def load_masked(flat: FlatModel, values: torch.Tensor, kept: torch.Tensor) -> Ma
     return mask
 
 
+def apply_changes(srv, r: int, cid: int, msg: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Mask]:
+    """A client that keeps its own mask sent its values on its new mask and the changed positions:
+    store the new mask; returns (the old mask, the new one), the values' count checked against it."""
+    old = srv.store.get("mask", cid).clone()
+    new = make_mask(srv.flat, old ^ msg["changes"])
+    if msg["values"].numel() != new.payload:
+        raise RuntimeError(f"round {r}: client {cid} sent {msg['values'].numel()} values for a mask of {new.payload}")
+    srv.store.put("mask", cid, new.kept)
+    return old, new
+
+
 def prunable_density(flat: FlatModel, vector: torch.Tensor) -> float:
     """Fraction of the prunable weights of a flat vector that are not zero."""
     return float((vector[flat.prunable_idx.cpu()] != 0).double().mean()) if flat.n_prunable else 1.0

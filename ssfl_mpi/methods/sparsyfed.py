@@ -152,11 +152,10 @@ class SparsyFed(MessageMethod):
         total = sum(sizes.values())
         acc = torch.zeros(srv.global_flat.numel(), dtype=torch.float64)
         up = []
+        prunable = srv.flat.prunable_idx.cpu()
         for cid, msg in updates.items():
             acc[msg["index"]] += msg["values"].double() * (sizes[cid] / total)
-            dense = torch.zeros(srv.global_flat.numel())
-            dense[msg["index"]] = msg["values"]
-            up.append(prunable_density(srv.flat, dense))
+            up.append(float(msg["index"][prunable].double().mean()))  # what travels is the nonzeros
         down = prunable_density(srv.flat, srv.global_flat)
         srv.global_flat.copy_(acc.float())
         return {"density_up": sum(up) / len(up), "density_down": down}
