@@ -120,11 +120,26 @@ def release(path: Path) -> None:
         fh.close()  # closing drops the flock; the hidden lock file stays, to be reused
 
 
+# Groups written once (or rarely) that would dominate a round's commit at ResNet-18 size (the
+# saliency is as large as the model): while a run goes on they live in a companion file NAME.static
+# that the result file reaches through HDF5 external links; the last commit embeds them again.
+BULK = ("saliency", "mask")
+
+
+def companion(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".static")
+
+
 class ResultWriter:
     """Owned by rank 0. The file lives in memory and every commit replaces the file on disk
     atomically (write a temporary file, fsync, rename): a run killed at any moment, even with
     SIGKILL in the middle of a write, leaves the last committed file, complete and readable,
     holding every round committed before the kill.
+
+    A round's commit writes what changes: attributes, rows and checkpoint. The bulk groups (BULK)
+    are written to the companion file when they change (setup, resume) and are external links in
+    the result file until the last commit (`close`) embeds them and removes the companion. The
+    checkpoint's mask is a link to /mask/flat while the two are equal.
     """
 
     def __init__(self, path: Path, *, overwrite: bool, attrs: dict):
@@ -133,6 +148,8 @@ class ResultWriter:
             raise UsageError(f"result file {str(self.path)!r} exists: choose another --out or pass --overwrite")
         self.failed = False
         self.bytes_written = self.commits = 0  # by this process's commits
+        self.bulk_dirty, self.mask_flat = False, None
+        companion(self.path).unlink(missing_ok=True)  # of an overwritten run killed before its end
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         a = self.f.attrs
         a["schema"] = SCHEMA
@@ -156,7 +173,7 @@ class ResultWriter:
         self.bytes_written = self.commits = 0
         self.path = Path(path)
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
-        with h5py.File(self.path, "r", locking=False) as src:
+        with h5py.File(self.path, "r", locking=False) as src:  # external links to the companion resolve
             for key, value in src.attrs.items():
                 self.f.attrs[key] = value
             for name in src:
@@ -168,37 +185,69 @@ class ResultWriter:
         self.f.attrs["resumed"] = int(self.f.attrs.get("resumed", 0)) + 1
         if "model" in self.f:
             del self.f["model"]
+        self.bulk_dirty = any(name in self.f for name in BULK)
+        self.mask_flat = self.f["mask"]["flat"][()] if "mask" in self.f else None
         self.commit()
         return self
 
-    def commit(self) -> None:
-        """Replace the file on disk with the in-memory one, atomically. On failure (disk full, I/O
-        error) the temporary file is removed, the file on disk stays the last commit, and nothing is
-        committed any more: the run ends with WriteFailed (exit 4) and can be resumed."""
+    def commit(self, *, final: bool = False) -> None:
+        """Replace the file on disk with the in-memory one, atomically (the companion first, when its
+        groups changed). On failure (disk full, I/O error) the temporary file is removed, the files
+        on disk stay the last commit, and nothing is committed any more: the run ends with
+        WriteFailed (exit 4) and can be resumed. final: embed the bulk groups, drop the companion."""
         if self.failed:
             return
         self.f.flush()
-        image = self.f.id.get_file_image()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        split = not final and any(name in self.f for name in BULK)
+        try:
+            if split and self.bulk_dirty:
+                self._replace(companion(self.path), self._image(bulk=True))
+                self.bulk_dirty = False
+            if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self._replace(self.path, self._image(bulk=False) if split else self.f.id.get_file_image())
+            self.commits += 1
+            if final:
+                companion(self.path).unlink(missing_ok=True)
+        except OSError as exc:
+            self.failed = True
+            raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; the file "
+                              f"holds the last committed state (continue with --resume once there is room)"
+                              ) from None
+
+    def _replace(self, path: Path, image: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 fh.write(image)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            self.bytes_written += len(image)
-            self.commits += 1
-        except OSError as exc:
-            self.failed = True
+            os.replace(tmp, path)
+        except OSError:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; the file "
-                              f"holds the last committed state (continue with --resume once there is room)"
-                              ) from None
+            raise
+        self.bytes_written += len(image)
+
+    def _image(self, *, bulk: bool) -> bytes:
+        """The companion's image (the bulk groups) or the result file's without them (links instead)."""
+        out = h5py.File(f"mem-part-{id(self)}", "w", driver="core", backing_store=False)
+        try:
+            if not bulk:
+                for key, value in self.f.attrs.items():
+                    out.attrs[key] = value
+            for name in self.f:
+                if (name in BULK) != bulk:
+                    if not bulk:
+                        out[name] = h5py.ExternalLink(companion(self.path).name, f"/{name}")
+                else:
+                    self.f.copy(self.f[name], out, name=name)
+            out.flush()
+            return out.id.get_file_image()
+        finally:
+            out.close()
 
     @property
     def n_rounds(self) -> int:
@@ -217,6 +266,13 @@ class ResultWriter:
 
     def write_mask(self, kept: np.ndarray, layers: list[tuple[str, int, int]]) -> None:
         """The mask; written again at the end for methods whose mask changes (the final one)."""
+        if "mask" in self.f and self.mask_flat is not None and np.array_equal(kept, self.mask_flat):
+            return
+        ck = self.f.get("checkpoint")
+        if ck is not None and isinstance(ck.get("kept", getlink=True), h5py.SoftLink):
+            old = ck["kept"][()]  # the checkpoint's mask was this one: keep it as its own copy
+            del ck["kept"]
+            ck.create_dataset("kept", data=old, compression="gzip", shuffle=True)
         if "mask" in self.f:
             del self.f["mask"]
         g = self.f.create_group("mask")
@@ -225,9 +281,12 @@ class ResultWriter:
                           ("density", np.float64)])
         rows = np.array([(n, s, k, k / s) for n, s, k in layers], dtype=dtype)
         g.create_dataset("layers", data=rows)
+        self.mask_flat = np.asarray(kept, dtype=bool).copy()
+        self.bulk_dirty = True
 
-    def append_round(self, row: dict) -> None:
-        """One round's row, committed."""
+    def append_round(self, row: dict, *, whole: bool = False) -> None:
+        """One round's row, committed (whole: the whole file, bulk groups included; `bench commit`'s
+        baseline)."""
         if set(row) != set(ROUND_FIELDS):
             raise ValueError(f"round row fields {sorted(row)} != schema {sorted(ROUND_FIELDS)}")
         rounds = self.f["rounds"]
@@ -236,7 +295,7 @@ class ResultWriter:
             ds = rounds[name]
             ds.resize((n + 1,))
             ds[n] = value
-        self.commit()
+        self.commit(final=whole)
 
     def write_checkpoint(self, row: dict, *, vector: np.ndarray, kept: np.ndarray,
                          clients: dict[str, np.ndarray] | None = None, commit: bool = True) -> None:
@@ -254,7 +313,11 @@ class ResultWriter:
         g.attrs["round"] = int(row["round"])
         g.attrs["row"] = json.dumps({k: _plain(v) for k, v in row.items()})
         g.create_dataset("vector", data=np.asarray(vector, dtype=np.float32))
-        g.create_dataset("kept", data=np.asarray(kept, dtype=bool), compression="gzip", shuffle=True)
+        kept = np.asarray(kept, dtype=bool)
+        if self.mask_flat is not None and np.array_equal(kept, self.mask_flat):
+            g["kept"] = h5py.SoftLink("/mask/flat")  # a static mask is stored once
+        else:
+            g.create_dataset("kept", data=kept, compression="gzip", shuffle=True)
         if clients:
             c = g.create_group("clients")
             for name, a in clients.items():
@@ -270,6 +333,7 @@ class ResultWriter:
         g.create_dataset("global", data=np.asarray(scores, dtype=np.float32))
         for key, value in attrs.items():
             g.attrs[key] = value
+        self.bulk_dirty = True
         self.commit()
 
     def write_model(self, state: dict[str, np.ndarray]) -> None:
@@ -290,7 +354,7 @@ class ResultWriter:
             # Of this process (a resumed run counts from its resume), before this last commit.
             self.f.attrs["disk_bytes_written"] = self.bytes_written
             self.f.attrs["commits"] = self.commits
-            self.commit()
+            self.commit(final=True)
         finally:
             self.f.close()
             release(self.path)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ssfl_mpi.errors import UsageError
-from ssfl_mpi.results import ROUND_FIELDS, SCHEMA, ResultWriter, check_writable, read
+from ssfl_mpi.results import (ROUND_FIELDS, SCHEMA, ResultWriter, check_writable, companion, read,
+                              read_checkpoint, release)
 
 
 def _row(r):
@@ -62,3 +63,69 @@ def test_reader_rejects_foreign_and_truncated_files(tmp_path):
     junk.write_bytes(b"\x89HDF\r\n" + b"0" * 100)
     with pytest.raises(UsageError, match="cannot open"):
         read(junk)
+
+
+def _setup_writer(path, n=40_000):
+    rng = np.random.default_rng(0)
+    kept = rng.random(n) < 0.5
+    scores = rng.random(n, dtype=np.float32)
+    w = ResultWriter(path, overwrite=False, attrs={"config": "{\"seed\": 1, \"rounds\": 5}"})
+    w.write_partition(np.array([3, 4]), np.ones((2, 2), np.int64))
+    w.write_mask(kept, [("a.weight", n, int(kept.sum()))])
+    w.write_saliency(scores, {})
+    w.write_checkpoint({"round": 0}, vector=np.zeros(int(kept.sum()), np.float32), kept=kept)
+    return w, kept, scores
+
+
+def test_a_round_commit_writes_what_changed_and_the_last_one_embeds_the_rest(tmp_path):
+    path = tmp_path / "r.h5"
+    w, kept, scores = _setup_writer(path, n=400_000)
+    vector = np.arange(kept.sum(), dtype=np.float32)
+    for r in (1, 2, 3):
+        before = w.bytes_written
+        w.write_checkpoint({**_row(r), "round": r}, vector=vector, kept=kept, commit=False)
+        w.append_round(_row(r))
+        # The checkpoint vector, the rows, attributes and links (about 110 KB of HDF5 structure):
+        # not the 1.6 MB saliency or the mask again.
+        assert w.bytes_written - before < vector.nbytes + 150_000
+    assert companion(path).exists()
+    with h5py.File(path, "r") as f:  # as a kill would leave it: links reach the companion
+        assert isinstance(f.get("saliency", getlink=True), h5py.ExternalLink)
+        assert isinstance(f["checkpoint"].get("kept", getlink=True), h5py.SoftLink)
+        assert np.array_equal(f["saliency/global"][()], scores) and f["rounds/round"].shape == (3,)
+    ck = read_checkpoint(path)
+    assert ck["round"] == 3 and np.array_equal(ck["kept"], kept) and np.array_equal(ck["vector"], vector)
+    w.close("interrupted")
+    assert not companion(path).exists()
+    with h5py.File(path, "r") as f:  # one self-contained file again
+        assert isinstance(f.get("saliency", getlink=True), h5py.HardLink)
+        assert np.array_equal(f["checkpoint/kept"][()], kept) and np.array_equal(f["mask/flat"][()], kept)
+    out = read(path)
+    assert np.array_equal(out["saliency"]["global"], scores) and out["rounds"]["round"].tolist() == [1, 2, 3]
+
+
+def test_a_checkpoint_keeps_its_own_mask_when_the_mask_changes_after_it(tmp_path):
+    path = tmp_path / "r.h5"
+    w, kept, _ = _setup_writer(path, n=1000)
+    w.write_checkpoint({**_row(1), "round": 1}, vector=np.ones(int(kept.sum()), np.float32), kept=kept,
+                       commit=False)
+    w.append_round(_row(1))
+    w.write_mask(~kept, [("a.weight", 1000, int((~kept).sum()))])  # a final mask that differs
+    w.close("complete")
+    out = read(path)
+    assert np.array_equal(out["checkpoint"]["kept"], kept) and np.array_equal(out["mask"]["flat"], ~kept)
+
+
+def test_resume_of_a_killed_split_file_keeps_its_bulk_groups(tmp_path):
+    path = tmp_path / "r.h5"
+    w, kept, scores = _setup_writer(path, n=1000)
+    w.write_checkpoint({**_row(1), "round": 1}, vector=np.ones(int(kept.sum()), np.float32), kept=kept,
+                       commit=False)
+    w.append_round(_row(1))
+    w.f.close()  # killed: no last commit; the file links to its companion
+    release(path)
+    again = ResultWriter.reopen(path, keep_rounds=1)
+    again.close("complete")
+    out = read(path)
+    assert np.array_equal(out["saliency"]["global"], scores) and np.array_equal(out["mask"]["flat"], kept)
+    assert not companion(path).exists()

@@ -429,12 +429,14 @@ def test_disk_full_ends_the_run_with_exit_4_and_a_resumable_file(reference, tmp_
     assert all("No space left on device" in ln and "--resume" in ln for ln in lines)
     assert {ln[-8:] for ln in lines} == {"[rank 0]", "[rank 1]", "[rank 2]"}
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["r.h5"]  # no .tmp
+    # No .tmp; the mask and saliency stay in the companion file the result file links to.
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["r.h5", "r.h5.static"]
     partial = read(path)
     assert partial["attrs"]["status"] == "running" and partial["rounds"]["round"].tolist() == [1, 2]
     proc = launch(3, "run", "--resume", str(path), timeout=60)
     assert proc.returncode == 0, proc.stderr
     _same_run(reference, read(path))
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["r.h5"]
 
 
 @pytest.mark.parametrize("stopped", [2, 0])
