@@ -99,7 +99,7 @@ def encode(fields: dict[str, Field]) -> np.ndarray:
             enc, _ = index_bytes(a.size, int(np.count_nonzero(a)))
             payload = np.flatnonzero(a).astype("<i4").view(np.uint8) if enc == POSITIONS else np.packbits(a)
         else:
-            enc, payload = F32, a.astype("<f4").view(np.uint8)
+            enc, payload = F32, a.astype("<f4", copy=False).view(np.uint8)
         head = np.zeros(FIELD_HEADER, dtype=np.uint8)
         head[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
         head[16:24] = np.array([enc, ROLES[f.role]], dtype="<i4").view(np.uint8)
@@ -161,7 +161,7 @@ def decode(buf: np.ndarray) -> dict[str, torch.Tensor]:
         if e.encoding == F32:
             out[e.name] = torch.from_numpy(payload.view("<f4").astype(np.float32))
         elif e.encoding == BITMAP:
-            out[e.name] = torch.from_numpy(np.unpackbits(payload, count=e.length).astype(bool))
+            out[e.name] = torch.from_numpy(np.unpackbits(payload, count=e.length).view(bool))
         else:
             pos = payload.view("<i4").astype(np.int64)
             if pos.size and (pos.min() < 0 or pos.max() >= e.length or np.any(np.diff(pos) <= 0)):

@@ -46,6 +46,8 @@ class FlatModel:
         is_prunable = torch.zeros(total, dtype=torch.bool, device=device)
         is_prunable[self.prunable_idx] = True
         self.dense_idx = torch.nonzero(~is_prunable).flatten()
+        # What a mask over this model depends on (MaskCache's key): the same for every copy.
+        self.layout = (str(torch.device(device)), self.offsets.tobytes(), tuple(self.prunable))
 
     @property
     def numel(self) -> int:
@@ -125,12 +127,72 @@ class Mask:
 
 
 def make_mask(flat: FlatModel, kept: torch.Tensor, *, scores: np.ndarray | None = None) -> Mask:
+    """The Mask of a bool vector over the prunable weights. Masks without scores are cached by their
+    bits (see MaskCache): message methods rebuild the same mask for every message that carries it.
+    A Mask's tensors are shared with the cache and must not be changed in place."""
     kept = kept.to(device=flat.flat.device, dtype=torch.bool)
     if kept.numel() != flat.n_prunable:
         raise ValueError(f"mask length {kept.numel()} != number of prunable weights {flat.n_prunable}")
+    if scores is not None:
+        return _build_mask(flat, kept.clone(), scores)
+    return MASKS.get(flat, kept)
+
+
+def _build_mask(flat: FlatModel, kept: torch.Tensor, scores: np.ndarray | None) -> Mask:
+    # Layer by layer (contiguous slices): a bool-indexed scatter took 100 ms for ResNet-18.
     travels = torch.ones(flat.numel, dtype=torch.bool, device=flat.flat.device)
-    travels[flat.prunable_idx[~kept]] = False
+    lo = 0
+    for i in flat.prunable:
+        a, b = int(flat.offsets[i]), int(flat.offsets[i + 1])
+        travels[a:b] = kept[lo: lo + b - a]
+        lo += b - a
     return Mask(kept=kept, send_idx=positions(travels), multiplier=travels.float(), scores=scores)
+
+
+class MaskCache:
+    """Masks by their exact bits, least recently used dropped past `limit` bytes (one always stays).
+
+    The key is the packed bit string itself (compared whole, not a digest), so a hit is exact. At
+    ResNet-18 size a key costs 0.3 ms against about 10 ms to build the mask's positions and
+    multiplier (about 100 MB per entry there; a few KB for the digits CNN).
+    """
+
+    def __init__(self, limit: int = 192 << 20):
+        self.limit = limit
+        self.entries: dict[tuple, Mask] = {}
+        self.hits = self.misses = 0
+
+    def get(self, flat: FlatModel, kept: torch.Tensor) -> Mask:
+        key = (flat.layout, np.packbits(kept.cpu().numpy()).tobytes())
+        mask = self.entries.pop(key, None)
+        if mask is None:
+            self.misses += 1
+            mask = _build_mask(flat, kept.clone(), None)
+        else:
+            self.hits += 1
+        self.entries[key] = mask  # most recent last
+        while len(self.entries) > 1 and self._bytes() > self.limit:
+            del self.entries[next(iter(self.entries))]
+        return mask
+
+    def _bytes(self) -> int:
+        return sum(m.kept.numel() + 8 * m.send_idx.numel() + 4 * m.multiplier.numel() + len(k[1])
+                   for k, m in self.entries.items())
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.hits = self.misses = 0
+
+
+MASKS = MaskCache()
+
+
+def take(vec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """vec[idx] as a new tensor; on the CPU through NumPy (3 ms against torch's 13 ms for 5.6 M of
+    11 M values)."""
+    if vec.device.type == "cpu" and idx.device.type == "cpu":
+        return torch.from_numpy(np.take(vec.detach().numpy(), idx.numpy()))
+    return vec.detach()[idx.to(vec.device)]
 
 
 def positions(flags: torch.Tensor) -> torch.Tensor:
@@ -153,7 +215,7 @@ def n_keep(density: float, n_prunable: int) -> int:
 def pack(flat: torch.Tensor, send_idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The values that travel, in send_idx order (one gather with precomputed indices)."""
     if out is None:
-        return torch.index_select(flat, 0, send_idx)
+        return take(flat, send_idx)
     return torch.index_select(flat, 0, send_idx, out=out)
 
 

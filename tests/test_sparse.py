@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ssfl_mpi.models import build
-from ssfl_mpi.sparse import FlatModel, dense_mask, make_mask, n_keep, pack, topk_mask, unpack
+from ssfl_mpi.sparse import MASKS, FlatModel, MaskCache, dense_mask, make_mask, n_keep, pack, take, topk_mask, unpack
 
 
 def _flat():
@@ -94,3 +94,45 @@ def test_same_seed_same_initial_model():
     c = FlatModel(build("cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=4))
     assert torch.equal(a.flat, b.flat) and not torch.equal(a.flat, c.flat)
     assert np.array_equal(a.state()["0.weight"], b.state()["0.weight"])
+
+
+def _reference_mask(flat, kept):
+    """make_mask's meaning, written the slow obvious way."""
+    travels = torch.ones(flat.numel, dtype=torch.bool)
+    travels[flat.prunable_idx[~kept]] = False
+    return torch.nonzero(travels).flatten(), travels.float()
+
+
+def test_make_mask_matches_the_obvious_construction_and_is_cached_by_bits():
+    MASKS.clear()
+    flat = _flat()
+    gen = torch.Generator().manual_seed(3)
+    kept = torch.rand(flat.n_prunable, generator=gen) < 0.4
+    m = make_mask(flat, kept)
+    idx, mult = _reference_mask(flat, kept)
+    assert torch.equal(m.send_idx, idx) and torch.equal(m.multiplier, mult) and torch.equal(m.kept, kept)
+    before = kept.clone()
+    kept[:5] = ~kept[:5]  # the caller's tensor changes after the call: the mask must not
+    assert torch.equal(m.kept, before)
+    assert make_mask(flat, before.clone()) is m  # same bits: the cached mask, not a rebuilt one
+    other = make_mask(flat, kept)
+    assert other is not m and torch.equal(other.send_idx, _reference_mask(flat, kept)[0])
+    assert make_mask(_flat(), before) is m  # another model of the same layout shares it
+    assert MASKS.hits == 2 and MASKS.misses == 2
+
+
+def test_mask_cache_drops_least_recent_past_its_limit_but_keeps_one():
+    flat = _flat()
+    cache = MaskCache(limit=1)  # smaller than any mask: only the newest stays
+    a = cache.get(flat, torch.ones(flat.n_prunable, dtype=torch.bool))
+    b = cache.get(flat, torch.zeros(flat.n_prunable, dtype=torch.bool))
+    assert len(cache.entries) == 1 and next(iter(cache.entries.values())) is b
+    assert cache.get(flat, torch.ones(flat.n_prunable, dtype=torch.bool)) is not a  # rebuilt
+    assert cache.misses == 3
+
+
+def test_take_is_indexing():
+    vec = torch.randn(1000)
+    idx = torch.tensor([0, 3, 999, 17])
+    assert torch.equal(take(vec, idx), vec[idx])
+    assert torch.equal(pack(vec, idx), vec[idx])

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .. import fields
 from ..masks import random_mask
 from ..seeding import torch_gen
-from ..sparse import FlatModel, make_mask, n_keep, topk_mask
+from ..sparse import FlatModel, make_mask, n_keep, take, topk_mask
 from ..training import local_train
 from .messages import MessageMethod, apply_changes, load_masked
 
@@ -84,7 +84,7 @@ class DisPFL(MessageMethod):
             group = self.neighbours(srv.cfg, cid, r)
             avg = holder_average(flat, [store.get("weights", j) for j in group], [store.get("mask", j) for j in group])
             own = make_mask(flat, store.get("mask", cid))
-            out.append({"values": fields.values(avg[own.send_idx.cpu()]),
+            out.append({"values": fields.values(take(avg, own.send_idx.cpu())),
                         "mask": fields.state(store.get("mask", cid))})
         return out
 
@@ -102,7 +102,7 @@ class DisPFL(MessageMethod):
         new = self.prune_regrow(flat, old, x, y, cid=cid, r=r, cfg=cfg)
         kept = make_mask(flat, new)
         w.mul_(kept.multiplier)
-        return {"values": fields.values(w[kept.send_idx]), "changes": fields.index((new ^ old).cpu())}, loss
+        return {"values": fields.values(take(w, kept.send_idx)), "changes": fields.index((new ^ old).cpu())}, loss
 
     def prune_regrow(self, flat: FlatModel, old: torch.Tensor, x, y, *, cid: int, r: int, cfg) -> torch.Tensor:
         """Per prunable tensor: prune ceil(r_t * nnz) smallest |w|, regrow as many inactive weights."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import fields
 from ..masks import magnitude_mask, random_mask, vote_mask
 from ..seeding import torch_gen
-from ..sparse import FlatModel, Mask, make_mask, n_keep, topk_mask
+from ..sparse import FlatModel, Mask, make_mask, n_keep, take, topk_mask
 from ..training import local_train
 from .base import MaskContext
 from .messages import MessageMethod, load_masked
@@ -50,7 +50,7 @@ class RandomClientwise(MessageMethod):
 
     def downlink(self, srv, r, clients):
         self._sent = {int(c): self._mask_of(srv, int(c)) for c in clients}
-        return [{"values": fields.values(srv.global_flat[m.send_idx.cpu()]), "mask": fields.index(m.kept)}
+        return [{"values": fields.values(take(srv.global_flat, m.send_idx.cpu())), "mask": fields.index(m.kept)}
                 for m in self._sent.values()]
 
     def client_update(self, wk, cid, msg, x, y, r):
@@ -58,7 +58,7 @@ class RandomClientwise(MessageMethod):
         mask = load_masked(flat, msg["values"], msg["mask"])
         loss = local_train(flat, x, y, spec=wk.spec, multiplier=mask.multiplier,
                            gen=torch_gen(cfg.seed, "shuffle", cid, r), round_=r)
-        return {"values": fields.values(flat.flat.detach()[mask.send_idx])}, loss
+        return {"values": fields.values(take(flat.flat.detach(), mask.send_idx))}, loss
 
     def _average(self, srv, r, updates, sizes, masks: dict[int, Mask]) -> list[float]:
         """n_k-weighted mean per coordinate over the clients whose mask holds it; returns densities."""
@@ -141,7 +141,8 @@ class FedDST(RandomClientwise):
         return kept
 
     def downlink(self, srv, r, clients):
-        return {"values": fields.values(srv.global_flat[srv.mask.send_idx.cpu()]), "mask": fields.index(srv.mask.kept)}
+        return {"values": fields.values(take(srv.global_flat, srv.mask.send_idx)),
+                "mask": fields.index(srv.mask.kept)}
 
     def client_update(self, wk, cid, msg, x, y, r):
         flat, cfg = wk.flat, wk.cfg
@@ -157,7 +158,7 @@ class FedDST(RandomClientwise):
                                 gen=torch_gen(cfg.seed, "regrow", cid, r))
             mask = make_mask(flat, new)
             reply["mask"] = fields.index(new)
-        reply["values"] = fields.values(flat.flat.detach()[mask.send_idx])
+        reply["values"] = fields.values(take(flat.flat.detach(), mask.send_idx))
         if grad_sq is not None:
             reply["importance"] = fields.extra(grad_sq[flat.prunable_idx])
         return reply, loss

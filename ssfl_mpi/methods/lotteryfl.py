@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import fields
-from ..sparse import make_mask, n_keep
+from ..sparse import make_mask, n_keep, take
 from ..training import local_train, predict
 from ..seeding import torch_gen
 from .messages import MessageMethod, apply_changes, load_masked
@@ -49,7 +49,7 @@ class LotteryFL(MessageMethod):
         out = []
         for cid in clients:
             own = make_mask(srv.flat, srv.store.get("mask", int(cid)))
-            out.append({"values": fields.values(srv.global_flat[own.send_idx.cpu()]),
+            out.append({"values": fields.values(take(srv.global_flat, own.send_idx.cpu())),
                         "mask": fields.state(own.kept)})
         return out
 
@@ -73,7 +73,7 @@ class LotteryFL(MessageMethod):
                 w.copy_(self.initial.to(w.device) * mask.multiplier)
         loss = local_train(flat, x, y, spec=wk.spec, multiplier=mask.multiplier,
                            gen=torch_gen(cfg.seed, "shuffle", cid, r), round_=r)
-        return {"values": fields.values(w[mask.send_idx]), "changes": fields.index((new ^ old).cpu())}, loss
+        return {"values": fields.values(take(w, mask.send_idx)), "changes": fields.index((new ^ old).cpu())}, loss
 
     def aggregate(self, srv, r, updates, sizes):
         flat = srv.flat

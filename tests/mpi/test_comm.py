@@ -107,3 +107,30 @@ def test_in_process_run_keeps_pruned_weights_zero_on_every_rank(comm, shared_tmp
     else:
         all_ok(True, "result")
         all_ok(True, "density")
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_bench_bitmap_round_delivers_the_weighted_average_inside_the_mask(comm, fresh):
+    """bench comm's message transport moves the right numbers: every worker ends the round with
+    the n_k-weighted mean of the clients' kept values and zeros elsewhere, cached mask or not."""
+    import torch
+
+    from ssfl_mpi.bench import _make_case, round_bitmap
+
+    c = _make_case(comm, params=5000, density=0.3, clients_per_worker=2)
+    kept = torch.zeros(5000, dtype=torch.bool)
+    kept[c.send_idx] = True
+    for _ in range(2):  # the second round finds the mask in the cache (unless fresh)
+        round_bitmap(comm, c, kept, fresh=fresh)
+    vectors = comm.gather_object([v.numpy() for v in c.clients])
+    expected = None
+    if comm.is_server:
+        rows = [v for rank_rows in vectors[1:] for v in rank_rows]
+        expected = sum(n / c.sizes.sum() * v.astype(np.float64) for v, n in zip(rows, c.sizes))
+        expected[~kept.numpy()] = 0
+    expected = comm.bcast_object(expected)
+    if comm.is_server:
+        all_ok(True, "server")
+    else:
+        model = c.buffers["model"].flat.detach().numpy()
+        all_ok(np.allclose(model, expected, atol=1e-5) and not model[~kept.numpy()].any(), "bitmap round")
