@@ -8,17 +8,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import fields
 from . import comm as mpi
 from .aggregation import weighted_average
 from .results import write_bench
 from .seeding import np_rng
-from .sparse import pack, positions, unpack
+from .methods.messages import load_masked
+from .sparse import MASKS, FlatModel, Mask, make_mask, pack, take, unpack
 
 log = logging.getLogger("ssfl_mpi")
 
-TRANSPORTS = ("packed", "dense", "coo", "bitmap", "pickle", "allreduce")
+TRANSPORTS = ("packed", "dense", "coo", "bitmap", "bitmap-new", "pickle", "allreduce")
 # Model sizes of the default sweep: the digits CNN, ResNet-18 (CIFAR-10), ResNet-50 (ImageNet head).
 MODEL_SIZES = {"cnn-digits": 53_002, "resnet18": 11_173_962, "resnet50": 25_557_032}
 N_TENSORS = 62  # ResNet-18 has 62 parameter tensors: the pickled baseline sends that many
@@ -132,24 +134,55 @@ def round_coo(comm: mpi.Comm, c: Case) -> tuple[int, int]:
     return int(counts.sum()) * 4, len(c.sizes) * 2 * n * 4
 
 
-def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]:
-    """Values plus a bitmap of the mask, up and down: the wire format of changing masks (`fields`)."""
+def _stand_in(params: int) -> FlatModel:
+    """A model of `params` prunable weights (one Linear row), for the message helpers' layout."""
+    return FlatModel(nn.Linear(params, 1, bias=False))
+
+
+def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor, *, fresh: bool = False) -> tuple[int, int]:
+    """The message path of changing masks (`fields`, `make_mask`, `load_masked`): values plus a
+    bitmap of the mask, up and down. The server sums the clients' values in packed form per mask
+    (in float32, as `dense` does) and scatters once. fresh: every mask is one the ranks have
+    not seen in earlier rounds (the mask cache is cleared first): a round in which the mask changed."""
+    if fresh:
+        MASKS.clear()
+    if "model" not in c.buffers:
+        c.buffers["model"] = _stand_in(c.params)
+    flat = c.buffers["model"]
     if comm.is_server:
         lengths = comm.gatherv(np.empty(0, np.int64), np.array([0] + [c.per_worker] * comm.workers))
         per_rank = np.concatenate([[0], lengths.reshape(comm.workers, c.per_worker).sum(axis=1)])
         up = comm.gatherv(np.empty(0, np.uint8), per_rank)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        total_w = c.sizes.sum()
-        dense = torch.zeros(c.params, dtype=torch.float64)
+        groups: dict[int, tuple[Mask, list, list]] = {}
         for i, n_k in enumerate(c.sizes):
             msg = fields.decode(up[offsets[i]: offsets[i + 1]])
-            idx = positions(msg["mask"])
-            dense.index_add_(0, idx, msg["values"].double(), alpha=float(n_k / total_w))
-        down = fields.encode({"values": fields.values(dense[kept].float()), "mask": fields.index(kept)})
+            mask = make_mask(flat, msg["mask"])
+            group = groups.setdefault(id(mask), (mask, [], []))
+            group[1].append(msg["values"])
+            group[2].append(n_k)
+        total = c.sizes.sum()
+        parts = []
+        for mask, rows, sizes in groups.values():
+            part = torch.mul(rows[0], float(sizes[0] / total))
+            for row, n_k in zip(rows[1:], sizes[1:]):
+                part.add_(row, alpha=float(n_k / total))
+            parts.append((mask, part))
+        down_mask = make_mask(flat, kept)
+        if len(parts) == 1 and parts[0][0] is down_mask:  # one mask version: the sum is the downlink
+            values = parts[0][1]
+        else:
+            dense = flat.flat.detach().zero_()
+            for mask, part in parts:
+                dense.index_add_(0, mask.send_idx, part)
+            values = take(dense, down_mask.send_idx)
+        down = fields.encode({"values": fields.values(values), "mask": fields.index(kept)})
         comm.bcast_(np.array([down.size], dtype=np.int64))
         comm.bcast_(down)
         return int(lengths.sum()), down.size * len(c.sizes)
-    msgs = [fields.encode({"values": fields.values(vec[kept]), "mask": fields.index(kept)}) for vec in c.clients]
+    mask = make_mask(flat, kept)
+    msgs = [fields.encode({"values": fields.values(take(vec, mask.send_idx)), "mask": fields.index(kept)})
+            for vec in c.clients]
     lengths = np.array([m.size for m in msgs], dtype=np.int64)
     comm.gatherv(lengths, np.array([0] + [c.per_worker] * comm.workers))
     counts = np.zeros(comm.size, dtype=np.int64)
@@ -157,7 +190,7 @@ def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor) -> tuple[int, int]
     comm.gatherv(np.concatenate(msgs), counts)
     n = comm.bcast_(np.zeros(1, dtype=np.int64))
     msg = fields.decode(comm.bcast_(np.empty(int(n[0]), dtype=np.uint8)))
-    c.flat.zero_().index_copy_(0, positions(msg["mask"]), msg["values"])
+    load_masked(flat, msg["values"], msg["mask"])
     return 0, 0
 
 
@@ -202,7 +235,7 @@ def comm_benchmark(comm: mpi.Comm, *, params: list[int], densities: list[float],
         raise UsageError("bench comm needs at least 2 ranks: mpirun -n 3 python -m ssfl_mpi bench comm")
     for size in params:
         cases = [("dense", 1.0), ("pickle", 1.0), ("allreduce", 1.0)] + [
-            (t, d) for d in densities for t in ("packed", "bitmap", "coo")]
+            (t, d) for d in densities for t in ("packed", "bitmap", "bitmap-new", "coo")]
         for transport, density in cases:
             c = _make_case(comm, params=size, density=density, clients_per_worker=clients_per_worker)
             kept = torch.zeros(size, dtype=torch.bool)
@@ -211,6 +244,7 @@ def comm_benchmark(comm: mpi.Comm, *, params: list[int], densities: list[float],
                   "dense": lambda: round_packed(comm, c, torch.arange(size)),
                   "coo": lambda: round_coo(comm, c),
                   "bitmap": lambda: round_bitmap(comm, c, kept),
+                  "bitmap-new": lambda: round_bitmap(comm, c, kept, fresh=True),
                   "allreduce": lambda: round_allreduce(comm, c),
                   "pickle": lambda: round_pickle(comm, c)}[transport]
             samples, (up, down) = _time(comm, fn, repeat=repeat, warmup=warmup)
@@ -222,11 +256,11 @@ def comm_benchmark(comm: mpi.Comm, *, params: list[int], densities: list[float],
             rows.append(row)
             all_samples.append(samples)
     if comm.is_server:
-        log.info("%-9s %10s %8s %11s %11s %10s %10s %10s %9s %9s", "transport", "params", "density", "MB up",
+        log.info("%-10s %10s %8s %11s %11s %10s %10s %10s %9s %9s", "transport", "params", "density", "MB up",
                  "MB down", "median s", "min s", "max s", "MB/s", "vs dense")
         for r in rows:
             dense = next(x["median_s"] for x in rows if x["transport"] == "dense" and x["params"] == r["params"])
-            log.info("%-9s %10d %8.3f %11.2f %11.2f %10.4f %10.4f %10.4f %9.0f %9.3f", r["transport"], r["params"],
+            log.info("%-10s %10d %8.3f %11.2f %11.2f %10.4f %10.4f %10.4f %9.0f %9.3f", r["transport"], r["params"],
                      r["density"], r["bytes_up"] / 1e6, r["bytes_down"] / 1e6, r["median_s"], r["min_s"],
                      r["max_s"], r["mb_per_s"], r["median_s"] / dense)
         write_bench(out, rows, all_samples, overwrite=overwrite,
@@ -315,4 +349,142 @@ def placement_benchmark(cfg, *, ranks: list[int], sizes: np.ndarray, out: str | 
     if out:
         write_bench(out, rows, [], overwrite=overwrite,
                     attrs={"kind": "placement", "config": cfg.to_json(), "client_sizes": sizes.tolist()})
+    return rows
+
+
+def commit_benchmark(*, params: int, density: float, rounds: int, directory: str, out: str,
+                     overwrite: bool) -> list[dict]:
+    """What a round's commit writes and costs for a model of `params` weights (all prunable) under a
+    static mask of `density`: the result writer's own lifecycle (setup with mask and saliency, a
+    round-0 checkpoint, then a row and a checkpoint of the packed values per round) in `directory`,
+    per round: bytes written to disk against the checkpoint vector, and commit seconds. Two layouts:
+    `split` (the writer's: bulk groups in the companion file) and `whole` (every commit rewrites the
+    whole file, as before). No MPI, no training."""
+    import time
+    from pathlib import Path
+
+    from .results import ROUND_FIELDS, ResultWriter, check_writable
+
+    check_writable(Path(out), overwrite=overwrite)
+    rng = np_rng(0, "sample", 0)
+    kept = rng.random(params) < density
+    scores = rng.random(params, dtype=np.float32)
+    vector = rng.standard_normal(int(kept.sum()), dtype=np.float32)
+    rows, samples = [], []
+    for layout in ("split", "whole"):
+        path = Path(directory) / f"bench_commit_{layout}.h5"
+        w = ResultWriter(path, overwrite=True, attrs={"config": "{}"})
+        try:
+            w.write_partition(np.ones(10, np.int64), np.ones((10, 10), np.int64))
+            w.write_mask(kept, [("w", params, int(kept.sum()))])
+            w.write_saliency(scores, {})
+            w.write_checkpoint({"round": 0}, vector=vector, kept=kept)
+            times, sizes = [], []
+            for r in range(1, rounds + 1):
+                row = {name: 0 for name in ROUND_FIELDS} | {"round": r}
+                before, t0 = w.bytes_written, time.perf_counter()
+                w.write_checkpoint(row, vector=vector, kept=kept, commit=False)
+                w.append_round(row, whole=layout == "whole")
+                times.append(time.perf_counter() - t0)
+                sizes.append(w.bytes_written - before)
+        finally:
+            w.close("complete")
+        path.unlink(missing_ok=True)
+        per_round = float(np.median(sizes))
+        rows.append({"layout": layout, "params": params, "density": density, "rounds": rounds,
+                     "vector_bytes": int(vector.nbytes), "bytes_per_round": per_round,
+                     "over_vector": per_round / vector.nbytes, "median_commit_s": float(np.median(times)),
+                     "max_commit_s": float(np.max(times))})
+        samples.append(np.array(times))
+    log.info("%-6s %10s %8s %14s %14s %11s %10s", "layout", "params", "density", "vector MB", "MB per round",
+             "/ vector", "commit s")
+    for r in rows:
+        log.info("%-6s %10d %8.3f %14.2f %14.2f %11.3f %10.4f", r["layout"], r["params"], r["density"],
+                 r["vector_bytes"] / 1e6, r["bytes_per_round"] / 1e6, r["over_vector"], r["median_commit_s"])
+    write_bench(out, rows, samples, overwrite=overwrite, attrs={"kind": "commit"})
+    log.info("wrote %s", out)
+    return rows
+
+
+def batched_benchmark(*, clients: int, samples: int, epochs: int, batch_size: int, density: float,
+                      threads: int, repeat: int, out: str, overwrite: bool) -> list[dict]:
+    """Client updates per second on one rank: the digits CNN trained on `clients` clients of
+    `samples` digits each, one at a time (local_train) against side by side (local_train_batched,
+    one vmap over all of them), inside a random mask of `density`; the first batched call (vmap's
+    set-up) is timed apart, and the two results are compared. No MPI."""
+    import time
+    from pathlib import Path
+
+    from . import data, lifecycle, models
+    from .results import check_writable
+    from .seeding import torch_gen
+    from .sparse import FlatModel, make_mask
+    from .training import LocalSpec, local_train, local_train_batched
+
+    check_writable(Path(out), overwrite=overwrite)
+    lifecycle.keep_freed_memory()
+    torch.set_num_threads(threads)
+    ds = data.load("digits", root="data", download=False)
+    rng = np_rng(0, "sample", 0)
+    xs, ys = [], []
+    for _ in range(clients):
+        idx = torch.from_numpy(rng.choice(len(ds.train_labels), size=samples, replace=False))
+        x, y = ds.train_subset(idx)
+        xs.append(x)
+        ys.append(y)
+    flat = FlatModel(models.build("cnn", dataset="digits", input_shape=ds.input_shape, n_classes=ds.n_classes,
+                                  seed=0))
+    kept = torch.from_numpy(rng.random(flat.n_prunable) < density) if density < 1 else None
+    mask = make_mask(flat, kept) if kept is not None else None
+    multiplier = mask.multiplier if mask is not None else None
+    if mask is not None:
+        flat.flat.detach().mul_(multiplier)
+    spec = LocalSpec(epochs=epochs, batch_size=batch_size, lr=0.05, grad_clip=10.0, weight_decay=5e-4)
+    start = flat.flat.detach().clone()
+
+    def gens():
+        return [torch_gen(0, "shuffle", c, 1) for c in range(clients)]
+
+    def one_at_a_time() -> torch.Tensor:
+        outs = []
+        for c, g in enumerate(gens()):
+            flat.flat.detach().copy_(start)
+            local_train(flat, xs[c], ys[c], spec=spec, multiplier=multiplier, gen=g)
+            outs.append(flat.flat.detach().clone())
+        flat.flat.detach().copy_(start)
+        return torch.stack(outs)
+
+    def side_by_side() -> torch.Tensor:
+        return local_train_batched(flat, xs, ys, spec=spec, multiplier=multiplier, gens=gens())[0]
+
+    t0 = time.perf_counter()
+    side_by_side()
+    first_call = time.perf_counter() - t0
+    timings = {"one-at-a-time": [], "batched": []}
+    results = {}
+    for _ in range(repeat):  # interleaved, so that a change in the machine's load hits both
+        for name, fn in (("one-at-a-time", one_at_a_time), ("batched", side_by_side)):
+            t0 = time.perf_counter()
+            results[name] = fn()
+            timings[name].append(time.perf_counter() - t0)
+    diff = float((results["batched"] - results["one-at-a-time"]).abs().max())
+    pruned_nonzero = int((results["batched"] * (1 - multiplier)).count_nonzero()) if multiplier is not None else 0
+    base = float(np.median(timings["one-at-a-time"]))
+    rows = []
+    for name, t in timings.items():
+        median = float(np.median(t))
+        rows.append({"mode": name, "clients": clients, "samples": samples, "epochs": epochs,
+                     "batch_size": batch_size, "density": density, "threads": threads, "median_s": median,
+                     "updates_per_s": clients / median, "speedup": base / median,
+                     "first_call_s": first_call if name == "batched" else 0.0,
+                     "max_abs_diff": diff if name == "batched" else 0.0,
+                     "pruned_nonzero": pruned_nonzero if name == "batched" else 0})
+    log.info("%-14s %8s %8s %12s %16s %8s", "mode", "clients", "samples", "median s", "updates per s", "speedup")
+    for r in rows:
+        log.info("%-14s %8d %8d %12.4f %16.1f %8.2f", r["mode"], r["clients"], r["samples"], r["median_s"],
+                 r["updates_per_s"], r["speedup"])
+    log.info("batched: first call (vmap set-up) %.2f s; largest difference from one at a time %.2e; "
+             "pruned weights not zero: %d", first_call, diff, pruned_nonzero)
+    write_bench(out, rows, [np.array(t) for t in timings.values()], overwrite=overwrite, attrs={"kind": "batched"})
+    log.info("wrote %s", out)
     return rows

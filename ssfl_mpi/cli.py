@@ -77,6 +77,9 @@ RUN_OPTIONS = [
      "naming it (0: wait forever)"),
     ("--placement", PLACEMENTS, "which worker trains which of a round's clients: longest first onto the least "
      "loaded worker, or client k always on rank 1 + k mod W; the results are the same"),
+    ("--batch-clients", int, "static-mask methods: train up to N of a rank's clients with equal sample "
+     "counts side by side (torch.func.vmap over their weights; equal to one at a time up to float32 "
+     "rounding, not bit for bit); 1: one at a time"),
     ("--threads", int, "torch threads per rank (0: cores on the node / ranks on it)"),
     ("--device", DEVICES, "auto: a GPU per rank round-robin when CUDA is present"),
     ("--out", str, "result file (.h5); default results/<method>_<dataset>_s<S>_seed<seed>.h5"),
@@ -194,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     plain.add_argument("--rounds", type=int, help="override the preset's rounds")
     plain.add_argument("--threads", type=int, default=1)
     plain.set_defaults(func=cmd_bench_plain)
+    batched = bench_sub.add_parser("batched", help="client updates per second on one rank: one client at a "
+                                   "time against --batch-clients (vmap) on the digits CNN (no MPI)")
+    batched.add_argument("--clients", type=int, default=100)
+    batched.add_argument("--samples", type=int, default=16, help="samples per client")
+    batched.add_argument("--epochs", type=int, default=2)
+    batched.add_argument("--batch-size", type=int, default=16)
+    batched.add_argument("--density", type=float, default=0.5)
+    batched.add_argument("--threads", type=int, default=1)
+    batched.add_argument("--repeat", type=int, default=5)
+    batched.add_argument("--out", default="results/bench_batched.h5")
+    batched.add_argument("--overwrite", action="store_true")
+    batched.set_defaults(func=cmd_bench_batched)
+    commit = bench_sub.add_parser("commit", help="bytes and seconds of a round's commit of the result file, "
+                                  "against the checkpoint vector (no MPI, no training)")
+    commit.add_argument("--params", type=int, default=11_173_962, help="model size (default ResNet-18's)")
+    commit.add_argument("--density", type=float, default=0.5)
+    commit.add_argument("--rounds", type=int, default=10)
+    commit.add_argument("--dir", default=None, help="where the trial files go (default: beside --out)")
+    commit.add_argument("--out", default="results/bench_commit.h5")
+    commit.add_argument("--overwrite", action="store_true")
+    commit.set_defaults(func=cmd_bench_commit)
     soak = bench_sub.add_parser("soak", help="a long digits run: peak memory and time per round, early vs late")
     soak.add_argument("--rounds", type=int, default=300)
     soak.add_argument("--early", type=int, default=30, help="the round compared with the last")
@@ -407,6 +431,36 @@ def cmd_bench_plain(args: argparse.Namespace) -> int:
     if mpi.world_rank() == 0:
         row = plain_fedavg(cfg, threads=args.threads)
         write_bench(args.out, [row], [], overwrite=args.overwrite, attrs={"kind": "plain", "config": cfg.to_json()})
+    return EXIT_OK
+
+
+def cmd_bench_batched(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .bench import batched_benchmark
+
+    if min(args.clients, args.samples, args.epochs, args.batch_size, args.threads, args.repeat) < 1 \
+            or not 0 < args.density <= 1 or args.samples > 1797:
+        raise UsageError("bench batched: counts must be >= 1 (--samples at most the 1797 digits) and --density "
+                         "in (0, 1]", collective=True)
+    if mpi.world_rank() == 0:
+        batched_benchmark(clients=args.clients, samples=args.samples, epochs=args.epochs,
+                          batch_size=args.batch_size, density=args.density, threads=args.threads,
+                          repeat=args.repeat, out=args.out, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def cmd_bench_commit(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .bench import commit_benchmark
+
+    if args.params < 1 or not 0 < args.density <= 1 or args.rounds < 1:
+        raise UsageError("bench commit: --params and --rounds must be >= 1 and --density in (0, 1]",
+                         collective=True)
+    if mpi.world_rank() == 0:
+        directory = args.dir or str(Path(args.out).parent)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        commit_benchmark(params=args.params, density=args.density, rounds=args.rounds, directory=directory,
+                         out=args.out, overwrite=args.overwrite)
     return EXIT_OK
 
 

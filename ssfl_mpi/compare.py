@@ -9,18 +9,20 @@ that are not readable result files are errors (exit 2, one line naming the file 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import RUNTIME_KEYS
+from .config import RUNTIME_KEYS, Config
 from .errors import UsageError
 from .results import ROUND_FIELDS, read
 
 # Keys that do not change a run's numbers, besides the seed that a cell averages over.
 NOT_COMPARED = set(RUNTIME_KEYS) | {"seed", "eval_every"}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 # --metric NAME: (round column, what it is). "client" is the number the SSFL and DisPFL codes report.
 METRICS = {
@@ -57,7 +59,9 @@ class Run:
 
     def settings(self) -> tuple:
         """Everything but the seed that must agree between runs averaged together."""
-        cfg = {k: v for k, v in self.config.items() if k not in NOT_COMPARED}
+        # A setting added after a file was written is taken at its default (which is what that
+        # file's run did), so old and new files of the same settings still average together.
+        cfg = {k: v for k, v in {**DEFAULTS, **self.config}.items() if k not in NOT_COMPARED}
         return (json.dumps(cfg, sort_keys=True), len(self.rounds["round"]))
 
 

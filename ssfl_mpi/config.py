@@ -79,6 +79,7 @@ class Config:
     liveness_timeout: float = 300.0  # seconds without a sign of life before a rank is declared gone (0: never)
     placement: str = "balanced"  # which rank trains which of a round's clients (results do not change)
     server_trains: bool = False  # rank 0 trains clients too (balanced placement), so -n C uses C cores
+    batch_clients: int = 1  # static masks: clients of equal size trained side by side (vmap), up to N
     threads: int = 0  # 0: cores of this node divided by ranks on it
     device: str = "auto"
     out: str = ""  # empty: results/<method>_<dataset>_s<sparsity>_seed<seed>.h5
@@ -102,7 +103,7 @@ class Config:
         _check_choice("placement", self.placement, PLACEMENTS)
         for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
                      "saliency_batches", "eval_every", "classes_per_client", "readjust_every", "checkpoint_every",
-                     "lr_period"):
+                     "lr_period", "batch_clients"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("threads", self.threads, minimum=0)
         _check_int("neighbours", self.neighbours, minimum=0)
@@ -145,6 +146,10 @@ class Config:
                              "ranks 1..W)")
         from .methods import get
 
+        if self.batch_clients > 1 and get(self.method).rounds != "static":
+            raise UsageError(f"--batch-clients applies to the static-mask methods "
+                             f"({', '.join(n for n in method_names() if get(n).rounds == 'static')}); "
+                             f"{self.method} trains one client at a time")
         problem = get(self.method).check_config(self)
         if problem:
             raise UsageError(problem)

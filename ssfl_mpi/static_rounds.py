@@ -18,7 +18,7 @@ from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, l
                        report_rss, send_meta)
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack
-from .training import local_train
+from .training import local_train, local_train_batched
 
 
 class StaticServer(ServerBase):
@@ -65,6 +65,17 @@ class StaticServer(ServerBase):
         unpack(torch.from_numpy(self.global_np).to(self.s.device), self.mask.send_idx, self.s.flat.flat)
 
 
+def batches(mine: list[int], sizes: np.ndarray, n: int) -> list[list[int]]:
+    """A rank's clients in the groups trained together: one each (n = 1), or up to n of equal
+    sample count (--batch-clients), each group in client-id order."""
+    if n == 1:
+        return [[cid] for cid in mine]
+    by_size: dict[int, list[int]] = {}
+    for cid in mine:
+        by_size.setdefault(int(sizes[cid]), []).append(cid)
+    return [same[i: i + n] for same in by_size.values() for i in range(0, len(same), n)]
+
+
 class StaticWorker:
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.mask, self.cfg = s, mask, s.cfg
@@ -104,20 +115,31 @@ class StaticWorker:
         send = self.send[: len(mine) * payload]
         send_t = torch.from_numpy(send)
         meta = new_meta(len(mine))
-        for i, cid in enumerate(mine):
+        slot = {cid: i for i, cid in enumerate(mine)}
+        for group in batches(mine, self.s.sizes, self.cfg.batch_clients):
             t0 = time.perf_counter()
             unpack(global_t, self.mask.send_idx, s.flat.flat)
-            x, y = s.data_of(cid)
-            loss = local_train(s.flat, x, y, spec=self.spec, multiplier=self.multiplier,
-                               gen=torch_gen(self.cfg.seed, "shuffle", cid, plan.r), round_=plan.r)
-            out = send_t[i * payload: (i + 1) * payload]
-            if s.device.type == "cpu":
-                pack(s.flat.flat, self.mask.send_idx, out=out)
+            data = [s.data_of(cid) for cid in group]
+            gens = [torch_gen(self.cfg.seed, "shuffle", cid, plan.r) for cid in group]
+            if len(group) == 1:
+                losses = [local_train(s.flat, *data[0], spec=self.spec, multiplier=self.multiplier, gen=gens[0],
+                                      round_=plan.r)]
+                trained = [s.flat.flat]
             else:
-                out.copy_(pack(s.flat.flat, self.mask.send_idx))
-            if poisoned("nan", cid, plan.r):
-                out[0] = float("nan")
-            meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
+                trained, losses = local_train_batched(s.flat, [x for x, _ in data], [y for _, y in data],
+                                                      spec=self.spec, multiplier=self.multiplier, gens=gens,
+                                                      round_=plan.r)
+            seconds = (time.perf_counter() - t0) / len(group)  # a batch's time, shared out
+            for j, cid in enumerate(group):
+                i = slot[cid]
+                out = send_t[i * payload: (i + 1) * payload]
+                if s.device.type == "cpu":
+                    pack(trained[j], self.mask.send_idx, out=out)
+                else:
+                    out.copy_(pack(trained[j], self.mask.send_idx))
+                if poisoned("nan", cid, plan.r):
+                    out[0] = float("nan")
+                meta[i] = cid, len(data[j][1]), losses[j], seconds, 0.0
         if poisoned("count", comm.rank, plan.r):
             send = send[:-1]
         return send, meta

@@ -60,8 +60,8 @@ def sgd_step(w: torch.Tensor, g: torch.Tensor, multiplier: torch.Tensor | None, 
         g.mul_(multiplier)
     if spec.prox_mu and anchor is not None:  # zero at pruned weights: both w and anchor are zero there
         g.add_(w - anchor, alpha=spec.prox_mu)
-    if spec.grad_clip > 0:
-        norm = torch.linalg.vector_norm(g)
+    if spec.grad_clip > 0:  # one client's vector, or one row per client (local_train_batched)
+        norm = torch.linalg.vector_norm(g) if g.dim() == 1 else torch.linalg.vector_norm(g, dim=1, keepdim=True)
         g.mul_(torch.clamp(spec.grad_clip / (norm + 1e-6), max=1.0))
     if spec.weight_decay:
         g.add_(w, alpha=spec.weight_decay)
@@ -110,6 +110,52 @@ def local_train(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, spec: Loca
             seen += len(idx)
     flat.zero_grad()
     return float(total) / max(1, seen)
+
+
+def local_train_batched(flat: FlatModel, xs: list[torch.Tensor], ys: list[torch.Tensor], *, spec: LocalSpec,
+                        multiplier: torch.Tensor | None, gens: list[torch.Generator],
+                        round_: int = 1) -> tuple[torch.Tensor, list[float]]:
+    """local_train for several clients with the same number of samples, side by side: one
+    `torch.func.vmap` over their stacked weights per step (grouped kernels instead of one small
+    kernel per client). Each client takes the steps local_train would (its own shuffle and
+    augmentation from its own generator, its own clip norm and momentum); the arithmetic differs
+    in rounding only. Returns the trained weights [clients, numel] (flat.flat is left as it was)
+    and each client's mean training loss."""
+    from torch.func import functional_call, grad_and_value, vmap
+
+    n_clients, n = len(ys), len(ys[0])
+    if any(len(y) != n for y in ys):
+        raise ValueError("local_train_batched: clients of one batch must hold the same number of samples")
+    model, device = flat.model, flat.flat.device
+    model.train()
+    w = flat.flat.detach().unsqueeze(0).repeat(n_clients, 1)
+    anchor = w.clone() if spec.prox_mu else None
+    x, y = torch.stack(xs), torch.stack(ys)
+    rows = torch.arange(n_clients).unsqueeze(1)
+    spans = [(name, int(flat.offsets[i]), int(flat.offsets[i + 1]), flat.shapes[i])
+             for i, name in enumerate(flat.names)]
+
+    def loss_of(params, xb, yb):
+        return F.cross_entropy(functional_call(model, params, (xb,)), yb)
+
+    step = vmap(grad_and_value(loss_of))
+    buf, total, seen = None, torch.zeros(n_clients, dtype=torch.float64, device=device), 0
+    for epoch in range(spec.epochs):
+        lr = spec.lr_at(round_, epoch)
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        for i in range(0, n, spec.batch_size):
+            idx = order[:, i: i + spec.batch_size]
+            xb = x[rows, idx]
+            if spec.augment:
+                xb = torch.stack([augment_batch(xb[c], gens[c], fill=spec.pad_fill) for c in range(n_clients)])
+            params = {name: w[:, lo:hi].view(n_clients, *shape) for name, lo, hi, shape in spans}
+            grads, loss = step(params, xb.to(device), y[rows, idx].to(device))
+            g = torch.cat([grads[name].reshape(n_clients, -1) for name, *_ in spans], dim=1)
+            buf = sgd_step(w, g, multiplier, buf, spec, lr=lr, anchor=anchor)
+            alive()
+            total += loss.detach() * idx.shape[1]
+            seen += idx.shape[1]
+    return w, (total / max(1, seen)).tolist()
 
 
 @torch.no_grad()

@@ -135,15 +135,15 @@ def test_bench_comm_writes_every_transport_with_honest_bytes(tmp_path):
         b = {k: f["bench"][k][()] for k in f["bench"]}
         assert f.attrs["world_size"] == 3
     transports = [t.decode() for t in b["transport"]]
-    assert transports == ["dense", "pickle", "allreduce", "packed", "bitmap", "coo"]
-    assert b["samples_s"].shape == (6, 2) and np.all(b["samples_s"] > 0)
+    assert transports == ["dense", "pickle", "allreduce", "packed", "bitmap", "bitmap-new", "coo"]
+    assert b["samples_s"].shape == (7, 2) and np.all(b["samples_s"] > 0)
     assert np.all(b["median_s"] >= b["min_s"]) and np.all(b["max_s"] >= b["median_s"])
     clients = 2  # one per worker
     assert b["bytes_up"][0] == 20000 * 4 * clients  # dense
     assert b["bytes_up"][2] == 20000 * 24 * clients  # saliency scores as three int64 limbs
     assert b["bytes_up"][3] == 5000 * 4 * clients  # packed values only
     # message header, then a values field and a bitmap field, each with its header and padding to 8
-    assert b["bytes_up"][4] == (8 + 40 + 5000 * 4 + 40 + 20000 // 8 + 4) * clients
-    assert b["bytes_up"][5] == 5000 * 8 * clients  # int32 index + float32 value
+    assert b["bytes_up"][4] == b["bytes_up"][5] == (8 + 40 + 5000 * 4 + 40 + 20000 // 8 + 4) * clients
+    assert b["bytes_up"][6] == 5000 * 8 * clients  # int32 index + float32 value
     assert np.allclose(b["mb_per_s"], (b["bytes_up"] + b["bytes_down"]) / b["median_s"] / 1e6)
     assert "packed" in proc.stdout and "vs dense" in proc.stdout

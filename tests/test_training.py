@@ -3,12 +3,13 @@
 import copy
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from ssfl_mpi.aggregation import weighted_average
 from ssfl_mpi.sparse import FlatModel, make_mask, n_keep, pack, topk_mask
-from ssfl_mpi.training import LocalSpec, evaluate, local_train, sgd_step
+from ssfl_mpi.training import LocalSpec, evaluate, local_train, local_train_batched, sgd_step
 
 
 def _net():
@@ -166,3 +167,47 @@ def test_split_accuracy_is_the_mean_of_per_client_accuracies():
     correct = torch.tensor([True, False, True, True, False, True])
     owner = np.array([0, 0, 1, 1, 1, 3])  # client 2 has no test samples and does not count
     assert np.isclose(split_accuracy(correct, owner, 4), (0.5 + 2 / 3 + 1.0) / 3)
+
+
+def _batched_case(n_clients=5, n=12, augment=False):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    flat = FlatModel(net)
+    kept = topk_mask(torch.rand(flat.n_prunable), n_keep(0.5, flat.n_prunable))
+    mask = make_mask(flat, kept)
+    flat.flat.detach().mul_(mask.multiplier)
+    xs = [torch.randn(n, 3, 8, 8) for _ in range(n_clients)]
+    ys = [torch.randint(0, 5, (n,)) for _ in range(n_clients)]
+    spec = LocalSpec(epochs=2, batch_size=5, lr=0.05, momentum=0.9, weight_decay=5e-4, grad_clip=0.5,
+                     prox_mu=0.01, augment=augment, pad_fill=torch.zeros(3) if augment else None)
+    return flat, mask, xs, ys, spec
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_batched_clients_take_the_steps_of_one_at_a_time_training(augment):
+    """Momentum, clipping (per client), FedProx, weight decay, a last short batch, augmentation from
+    each client's own generator: the same steps, equal up to float32 rounding."""
+    flat, mask, xs, ys, spec = _batched_case(augment=augment)
+    start = flat.flat.detach().clone()
+    one, losses_one = [], []
+    for c in range(len(xs)):
+        flat.flat.detach().copy_(start)
+        losses_one.append(local_train(flat, xs[c], ys[c], spec=spec, multiplier=mask.multiplier,
+                                      gen=torch.Generator().manual_seed(c), round_=3))
+        one.append(flat.flat.detach().clone())
+    flat.flat.detach().copy_(start)
+    w, losses = local_train_batched(flat, xs, ys, spec=spec, multiplier=mask.multiplier,
+                                    gens=[torch.Generator().manual_seed(c) for c in range(len(xs))], round_=3)
+    assert torch.equal(flat.flat.detach(), start)  # the model is left as it was
+    assert (w - start).abs().max() > 1e-3  # it trained
+    assert torch.allclose(w, torch.stack(one), atol=1e-5, rtol=0)
+    assert np.allclose(losses, losses_one, atol=1e-5)
+    assert not w[:, mask.multiplier == 0].any()  # pruned weights exactly zero
+
+
+def test_batched_clients_must_hold_equal_sample_counts():
+    flat, mask, xs, ys, spec = _batched_case()
+    with pytest.raises(ValueError, match="same number of samples"):
+        local_train_batched(flat, xs[:1] + [xs[1][:5]], ys[:1] + [ys[1][:5]], spec=spec, multiplier=None,
+                            gens=[torch.Generator(), torch.Generator()])
