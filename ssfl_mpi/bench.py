@@ -195,10 +195,13 @@ def round_bitmap(comm: mpi.Comm, c: Case, kept: torch.Tensor, *, fresh: bool = F
 
 
 def round_allreduce(comm: mpi.Comm, c: Case) -> tuple[int, int]:
-    """SSFL's one-time saliency aggregation: an Allreduce(SUM) of 3 int64 limbs per prunable weight."""
-    buf = _buffer(c, "scores", 6 * c.params).view(np.int64)  # 24 bytes per weight (saliency.to_limbs)
+    """SSFL's one-time saliency aggregation: an Allreduce(SUM) of the int64 chunks of each prunable
+    weight's exact sum (saliency.N_LIMBS of them)."""
+    from .saliency import N_LIMBS
+
+    buf = _buffer(c, "scores", 2 * N_LIMBS * c.params).view(np.int64)
     comm.allreduce_sum_(buf)
-    return len(c.sizes) * c.params * 24, len(c.sizes) * c.params * 24
+    return len(c.sizes) * c.params * 8 * N_LIMBS, len(c.sizes) * c.params * 8 * N_LIMBS
 
 
 def round_pickle(comm: mpi.Comm, c: Case) -> tuple[int, int]:
@@ -379,12 +382,14 @@ def commit_benchmark(*, params: int, density: float, rounds: int, directory: str
             w.write_mask(kept, [("w", params, int(kept.sum()))])
             w.write_saliency(scores, {})
             w.write_checkpoint({"round": 0}, vector=vector, kept=kept)
+            w.settle()
             times, sizes = [], []
             for r in range(1, rounds + 1):
                 row = {name: 0 for name in ROUND_FIELDS} | {"round": r}
                 before, t0 = w.bytes_written, time.perf_counter()
                 w.write_checkpoint(row, vector=vector, kept=kept, commit=False)
                 w.append_round(row, whole=layout == "whole")
+                w.settle()  # the write itself, which a run overlaps with training, is timed too
                 times.append(time.perf_counter() - t0)
                 sizes.append(w.bytes_written - before)
         finally:
@@ -488,3 +493,46 @@ def batched_benchmark(*, clients: int, samples: int, epochs: int, batch_size: in
     write_bench(out, rows, [np.array(t) for t in timings.values()], overwrite=overwrite, attrs={"kind": "batched"})
     log.info("wrote %s", out)
     return rows
+
+
+# The columns of `bench phases`: (name in the table, round field or how it is derived, unit)
+PHASES = ("time_round", "time_compute", "time_compute_mean", "time_pack", "time_wait", "time_comm",
+          "time_aggregate", "time_eval", "time_commit")
+
+
+def phases_summary(path: str, *, out: str, overwrite: bool) -> dict:
+    """Where a run's rounds went, from its result file: the median over its rounds (the first
+    left out: it carries the launch's warm-up) of each timed phase, the imbalance across training
+    ranks, the share of a round the workers wait, start-up, and disk bytes per commit."""
+    from .results import read
+
+    d = read(path)
+    r, a = d["rounds"], d["attrs"]
+    later = slice(1, None) if len(r["round"]) > 1 else slice(None)
+    row = {name: float(np.median(r[name][later])) for name in PHASES}
+    row.update({
+        "rounds": int(len(r["round"])), "world_size": int(a["world_size"]),
+        "imbalance": float(np.median(r["time_compute"][later] / r["time_compute_mean"][later])),
+        "wait_share": float(np.median(r["time_wait"][later] / r["time_round"][later])),
+        "startup_s": float(a["startup_s"]), "setup_s": float(a["setup_s"]),
+        "disk_bytes_per_commit": float(a["disk_bytes_written"]) / max(1, int(a["commits"])),
+        "wall_s": float(np.sum(r["time_round"])) + float(a["startup_s"]),
+    })
+    log.info("phase (median over rounds 2..%d)            seconds   share of the round", row["rounds"])
+    for name, what in (("time_round", "round (server: broadcast to new model)"),
+                       ("time_compute", "local training, slowest rank"),
+                       ("time_compute_mean", "local training, mean rank"),
+                       ("time_pack", "packing / encoding, slowest rank"),
+                       ("time_wait", "workers in MPI calls (waiting), mean"),
+                       ("time_aggregate", "server: checks and aggregation"),
+                       ("time_eval", "server: evaluation (overlaps training)"),
+                       ("time_commit", "server: commit (overlaps training)")):
+        log.info("  %-42s %8.4f   %5.1f%%", what, row[name], 100 * row[name] / row["time_round"])
+    log.info("  imbalance (slowest / mean rank's training)  %8.3f", row["imbalance"])
+    log.info("  start-up to round 1 (rank 0)                 %8.2f s (setup %.2f s)", row["startup_s"],
+             row["setup_s"])
+    log.info("  disk bytes per commit                        %8.0f", row["disk_bytes_per_commit"])
+    write_bench(out, [row], [np.asarray(r["time_round"], dtype=np.float64)], overwrite=overwrite,
+                attrs={"kind": "phases", "run": str(path), "config": json_dumps(d["config"])})
+    log.info("wrote %s", out)
+    return row

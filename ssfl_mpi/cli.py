@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     plain.add_argument("--rounds", type=int, help="override the preset's rounds")
     plain.add_argument("--threads", type=int, default=1)
     plain.set_defaults(func=cmd_bench_plain)
+    phases = bench_sub.add_parser("phases", help="one run (any run options), its round phase by phase: training "
+                                  "on the slowest and the mean rank, packing, waiting, aggregation, evaluation, "
+                                  "commit; start-up; disk bytes")
+    _add_run_options(phases)
+    phases.add_argument("--bench-out", default="results/bench_phases.h5", help="the benchmark file (the run's "
+                        "own result file: --out, default beside it)")
+    phases.set_defaults(func=cmd_bench_phases)
     batched = bench_sub.add_parser("batched", help="client updates per second on one rank: one client at a "
                                    "time against --batch-clients (vmap) on the digits CNN (no MPI)")
     batched.add_argument("--clients", type=int, default=100)
@@ -431,6 +438,30 @@ def cmd_bench_plain(args: argparse.Namespace) -> int:
     if mpi.world_rank() == 0:
         row = plain_fedavg(cfg, threads=args.threads)
         write_bench(args.out, [row], [], overwrite=args.overwrite, attrs={"kind": "plain", "config": cfg.to_json()})
+    return EXIT_OK
+
+
+def cmd_bench_phases(args: argparse.Namespace) -> int:
+    from . import comm as mpi
+    from .bench import phases_summary
+    from .runtime import run
+
+    overwrite = bool(getattr(args, "overwrite", False))
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "bench", "func", "config", "preset",
+                                                               "resume", "bench_out")}
+    options.setdefault("out", str(Path(args.bench_out).with_name(Path(args.bench_out).stem + "_run.h5")))
+    with same_on_every_rank():
+        if args.resume:
+            raise UsageError("bench phases runs a fresh job: --resume does not apply")
+        base = load_preset(args.preset) if args.preset else {}
+        base.update(load_toml(args.config) if args.config else {})
+        cfg = make_config(base, options)
+    world = mpi.Comm()
+    _claim_output(world, args.bench_out, overwrite)
+    world.set_liveness(cfg.liveness_timeout)
+    path = run(cfg, world)
+    if world.is_server:
+        phases_summary(str(path), out=args.bench_out, overwrite=True)
     return EXIT_OK
 
 

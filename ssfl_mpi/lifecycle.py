@@ -99,6 +99,18 @@ def poisoned(kind: str, who: int, r: int) -> bool:
     return [kind, str(who), str(r)] in _faults()
 
 
+def seconds_since_start() -> float:
+    """Wall seconds since this process started (Linux: /proc), NaN where that is not known."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

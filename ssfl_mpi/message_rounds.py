@@ -82,6 +82,7 @@ class MessageServer(ServerBase):
         up_len = comm.gatherv(own_len, plan.per_rank)
         up = comm.gatherv(own_buf, _rank_sums(up_len, plan.per_rank))
         meta = gather_meta(comm, plan, own_meta)
+        t0 = time.perf_counter()
         row, order, sizes = self._round_row(r, plan, meta)
         offsets = np.concatenate([[0], np.cumsum(up_len)])
         received = {int(meta["client"][i]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
@@ -104,7 +105,7 @@ class MessageServer(ServerBase):
                    masks_indices=traffic_up.positions + traffic_down.positions,
                    mask_changes=int(extra.get("mask_changes", 0)), clients_skipped=len(order) - len(updates),
                    density_up=float(extra.get("density_up", np.nan)),
-                   density_down=float(extra.get("density_down", np.nan)))
+                   density_down=float(extra.get("density_down", np.nan)), time_aggregate=time.perf_counter() - t0)
         return row
 
     def _load_global(self) -> None:
@@ -128,6 +129,9 @@ class MessageWorker:
     def run(self) -> None:
         for r in range(self.start, self.cfg.rounds + 1):
             inject_fault(self.s.comm.rank, r)
+            # The round's MPI time starts here: a worker that finished early waits in this
+            # agreement for the slowest one (the Gatherv before it returns at once).
+            self.s.comm.reset_timer()
             if self.s.comm.any_(self.s.stop.set):
                 raise Interrupted
             self._round(RoundPlan(self.s, r))
@@ -149,7 +153,6 @@ class MessageWorker:
 
     def _round(self, plan: RoundPlan) -> None:
         comm = self.s.comm
-        comm.reset_timer()
         lengths, buf, meta = self.train(plan, self._receive(plan))
         comm.gatherv(lengths, plan.per_rank)
         counts = np.zeros(comm.size, dtype=np.int64)
@@ -167,14 +170,18 @@ class MessageWorker:
         for i, cid in enumerate(sorted(received)):
             t0 = time.perf_counter()
             x, y = s.data_of(cid)
-            reply, loss = self.method.client_update(self, cid, fields.decode(received[cid]), x, y, r)
+            msg = fields.decode(received[cid])
+            packing = time.perf_counter() - t0
+            reply, loss = self.method.client_update(self, cid, msg, x, y, r)
             if poisoned("nan", cid, r):
                 first = next(k for k, f in reply.items() if f.role == "values")
                 bad = torch.as_tensor(reply[first].data).clone()
                 bad.view(-1)[0] = float("nan")
                 reply[first] = fields.values(bad)
+            t1 = time.perf_counter()
             out.append(fields.encode(reply))
-            meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0
+            packing += time.perf_counter() - t1
+            meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0, packing
         lengths = np.array([m.size for m in out], dtype=np.int64)
         buf = np.concatenate(out) if out else np.empty(0, np.uint8)
         if poisoned("count", s.comm.rank, r):

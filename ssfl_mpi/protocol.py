@@ -31,7 +31,7 @@ log = logging.getLogger("ssfl_mpi")
 # What a worker reports per sampled client besides its update: named fields of one float64 record,
 # gathered as plain float64 (the record is its own MPI layout; see send_meta / gather_meta).
 META = np.dtype([("client", "<f8"), ("n_samples", "<f8"), ("loss", "<f8"), ("compute_s", "<f8"),
-                 ("comm_s", "<f8")])
+                 ("comm_s", "<f8"), ("pack_s", "<f8")])
 META_COLUMNS = len(META.names)
 
 
@@ -68,6 +68,7 @@ class Setup:
     flat: FlatModel
     parts: list = field(default_factory=list)  # every client's sample indices
     stop: StopFlag = field(default_factory=lambda: STOP)
+    t_setup: float = field(default_factory=time.perf_counter)  # when setup began (perf_counter)
     _visiting: dict = field(default_factory=dict)  # clients placed here this round, not at home
 
     def data_of(self, cid: int) -> tuple:
@@ -166,6 +167,7 @@ class Phase:
 
 
 def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
+    t_setup = time.perf_counter()
     threads = pick_threads(cfg.threads, comm.local_size)
     torch.set_num_threads(threads)
     device = pick_device(cfg.device, comm.local_rank, comm.local_size)
@@ -211,7 +213,7 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
                          f"{1 - 1 / flat.n_prunable:.9f}")
     return Setup(cfg=cfg, comm=comm, device=device, threads=threads, dataset=ds, sizes=sizes,
                  label_counts=counts, home=home, clients=clients, test=test, test_owner=owner,
-                 model_name=model_name, flat=flat, parts=parts)
+                 model_name=model_name, flat=flat, parts=parts, t_setup=t_setup)
 
 
 def local_spec(cfg: Config, dataset: data.Dataset) -> LocalSpec:
@@ -286,6 +288,7 @@ class ServerBase:
         self.resume = resume
         self.start = resume.round + 1 if resume else 1
         self.pending: dict | None = None  # the last aggregated round, not yet evaluated and written
+        self.commit_s = 0.0  # seconds of the last commit (its row and checkpoint)
 
     def _attrs(self) -> dict:
         cfg, s, mask = self.cfg, self.s, self.mask
@@ -347,15 +350,25 @@ class ServerBase:
             inject_fault(self.s.comm.rank, r)
             if self._stopping():
                 raise Interrupted
+            if r == self.start:
+                self._timing_attrs()
             t0 = time.perf_counter()
+            self.commit_s = 0.0
             row = self._round(r)
             row["time_round"] = time.perf_counter() - t0
+            row["time_commit"] = self.commit_s  # the previous round's commit, made during this one
             self.pending = row
         self._finish_previous()
         inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
 
     def _round(self, r: int) -> dict:
         raise NotImplementedError
+
+    def _timing_attrs(self) -> None:
+        """How long the launch took to reach its first round (process start to here, on rank 0;
+        imports, data, partition, model, mask), and the setup part of it."""
+        self.writer.set_attrs(startup_s=lifecycle.seconds_since_start(),
+                              setup_s=time.perf_counter() - self.s.t_setup)
 
     def _finish_previous(self, *, force_checkpoint: bool = False) -> None:
         """Finish the last aggregated round while its state is still the current one."""
@@ -432,10 +445,12 @@ class ServerBase:
         both at once, print its line."""
         cfg = self.cfg
         r = row["round"]
+        t0 = time.perf_counter()
         if checkpoint:
             vector, kept = self._state()
             self.writer.write_checkpoint(dict(row), vector=vector, kept=kept, clients=self._client_arrays(),
                                          commit=False)
+        checkpoint_s = time.perf_counter() - t0
         self._load_global()
         nan = float("nan")
         metrics = {"test_accuracy": nan, "test_loss": nan, "client_accuracy": nan, "personal_accuracy": nan}
@@ -444,7 +459,9 @@ class ServerBase:
             metrics = self._evaluate()
             metrics["time_eval"] = time.perf_counter() - t0
         row.update({"time_eval": 0.0, **metrics})
+        t0 = time.perf_counter()
         self.writer.append_round(row)
+        self.commit_s = time.perf_counter() - t0 + checkpoint_s
         log.info("round %4d/%d  acc %s  personal %s  train %.4f  up %.3f MB  down %.3f MB  "
                  "comm %.3f s  round %.3f s", r, cfg.rounds, _fmt(metrics["test_accuracy"]),
                  _fmt(metrics["personal_accuracy"]),
@@ -461,9 +478,16 @@ class ServerBase:
         order = np.argsort(cids, kind="stable")
         sizes = meta["n_samples"][order]
         ranks = np.array([plan.rank_of[int(c)] for c in cids])
-        compute = max(meta["compute_s"][ranks == q].sum() for q in np.unique(ranks))
+        busy = np.unique(ranks)
+        compute = np.array([meta["compute_s"][ranks == q].sum() for q in busy])
+        pack = np.array([meta["pack_s"][ranks == q].sum() for q in busy])
+        # A worker's time in the round's MPI calls (the same on each of its records); the server's
+        # own clients (--server-trains) have none.
+        waits = [meta["comm_s"][ranks == q][0] for q in busy if q != 0]
         row = {"round": r, "train_loss": float(np.dot(sizes, meta["loss"][order]) / sizes.sum()),
-               "time_compute": float(compute), "time_comm": float(meta["comm_s"].max()),
+               "time_compute": float(compute.max()), "time_compute_mean": float(compute.mean()),
+               "time_pack": float(pack.max()), "time_wait": float(np.mean(waits)) if waits else 0.0,
+               "time_comm": float(meta["comm_s"].max()),
                "peak_rss_server_mb": float(rss[0]), "peak_rss_workers_mb": float(rss[1:].max()),
                "clients_skipped": 0}
         return row, order, sizes

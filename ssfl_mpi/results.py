@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -17,8 +18,10 @@ import numpy as np
 from .errors import UsageError, WriteFailed
 from .lifecycle import poisoned
 
-SCHEMA = "ssfl-mpi/3"  # 3: density_up/down, /checkpoint/clients; 2: client_accuracy, time_eval, /saliency
-READABLE_SCHEMAS = ("ssfl-mpi/1", "ssfl-mpi/2", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
+# 4: time_compute_mean/pack/wait/aggregate/commit, startup_s, setup_s; 3: density_up/down,
+# /checkpoint/clients; 2: client_accuracy, time_eval, /saliency
+SCHEMA = "ssfl-mpi/4"
+READABLE_SCHEMAS = ("ssfl-mpi/1", "ssfl-mpi/2", "ssfl-mpi/3", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 # /rounds/<name>: one entry per completed round. Units are in the names' documentation below.
@@ -49,10 +52,20 @@ ROUND_FIELDS = {
     "peak_rss_server_mb": np.float64,   # peak resident memory of rank 0 so far, MiB
     "peak_rss_workers_mb": np.float64,  # the largest peak resident memory of the worker ranks, MiB
     "time_compute": np.float64,   # seconds of local training, max over worker ranks
+    "time_compute_mean": np.float64,  # mean over training ranks of their local training seconds
+                                  # (time_compute / time_compute_mean: the round's imbalance)
+    "time_pack": np.float64,      # seconds packing/unpacking (static masks) or encoding/decoding
+                                  # (messages) the rank's clients' models, max over training ranks
+    "time_wait": np.float64,      # seconds inside round-protocol MPI calls, mean over worker ranks:
+                                  # mostly waiting for the server and the slowest worker
     "time_comm": np.float64,      # seconds inside round-protocol MPI calls (waits included), max over workers
     "time_round": np.float64,     # server wall seconds from the round's broadcast to its aggregate
     "time_eval": np.float64,      # server seconds evaluating this round's model (0 when not evaluated);
                                   # overlaps the next round's training, not part of time_round
+    "time_aggregate": np.float64,  # server seconds from the last update received to the new global
+                                  # model (checks, decoding, aggregation)
+    "time_commit": np.float64,    # server seconds committing the previous round's row and checkpoint,
+                                  # made while this round's clients trained (0 in a run's first round)
 }
 
 
@@ -149,6 +162,7 @@ class ResultWriter:
         self.failed = False
         self.bytes_written = self.commits = 0  # by this process's commits
         self.bulk_dirty, self.mask_flat = False, None
+        self._writer, self._pending = None, None
         companion(self.path).unlink(missing_ok=True)  # of an overwritten run killed before its end
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         a = self.f.attrs
@@ -171,6 +185,7 @@ class ResultWriter:
         self = cls.__new__(cls)
         self.failed = False
         self.bytes_written = self.commits = 0
+        self._writer, self._pending = None, None
         self.path = Path(path)
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         with h5py.File(self.path, "r", locking=False) as src:  # external links to the companion resolve
@@ -192,28 +207,55 @@ class ResultWriter:
 
     def commit(self, *, final: bool = False) -> None:
         """Replace the file on disk with the in-memory one, atomically (the companion first, when its
-        groups changed). On failure (disk full, I/O error) the temporary file is removed, the files
-        on disk stay the last commit, and nothing is committed any more: the run ends with
-        WriteFailed (exit 4) and can be resumed. final: embed the bulk groups, drop the companion."""
+        groups changed). The images are taken here; writing them (write, fsync, rename: mostly
+        waiting for the disk) happens on a writer thread while the caller goes on, one commit
+        at a time, in order; the last commit (final) is waited for. On failure (disk full, I/O
+        error) the temporary file is removed, the files on disk stay the last commit, and nothing
+        is committed any more: the run ends with WriteFailed (exit 4) at its next commit and can be
+        resumed. final: embed the bulk groups, drop the companion."""
         if self.failed:
             return
+        self._settle()
         self.f.flush()
         split = not final and any(name in self.f for name in BULK)
-        try:
-            if split and self.bulk_dirty:
-                self._replace(companion(self.path), self._image(bulk=True))
-                self.bulk_dirty = False
-            if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self._replace(self.path, self._image(bulk=False) if split else self.f.id.get_file_image())
-            self.commits += 1
-            if final:
-                companion(self.path).unlink(missing_ok=True)
-        except OSError as exc:
-            self.failed = True
-            raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; the file "
-                              f"holds the last committed state (continue with --resume once there is room)"
-                              ) from None
+        writes = []
+        if split and self.bulk_dirty:
+            writes.append((companion(self.path), self._image(bulk=True)))
+            self.bulk_dirty = False
+        if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
+            self._fail(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        writes.append((self.path, self._image(bulk=False) if split else self.f.id.get_file_image()))
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssfl-commit")
+        self._pending = self._writer.submit(self._write, writes, final)
+        if final:
+            self._settle()
+
+    def _write(self, writes: list, final: bool) -> None:
+        for path, image in writes:
+            self._replace(path, image)
+        self.commits += 1
+        if final:
+            companion(self.path).unlink(missing_ok=True)
+
+    def settle(self) -> None:
+        """Wait until the last commit is on disk (readers in the same process, benchmarks)."""
+        if not self.failed:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the commit in flight; its failure ends the run here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = True
+        raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; the file "
+                          f"holds the last committed state (continue with --resume once there is room)") from None
 
     def _replace(self, path: Path, image: bytes) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -349,6 +391,12 @@ class ResultWriter:
         if not self.f.id.valid:
             return
         try:
+            if not self.failed:
+                try:
+                    self._settle()
+                except WriteFailed:
+                    if status != "failed":  # a failed run already has an error to report
+                        raise
             self.f.attrs["status"] = status
             self.f.attrs["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             # Of this process (a resumed run counts from its resume), before this last commit.
@@ -356,6 +404,8 @@ class ResultWriter:
             self.f.attrs["commits"] = self.commits
             self.commit(final=True)
         finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
             self.f.close()
             release(self.path)
 

@@ -48,6 +48,7 @@ class StaticServer(ServerBase):
         return self._aggregate(r, plan, updates, meta)
 
     def _aggregate(self, r: int, plan: RoundPlan, updates: np.ndarray, meta: np.ndarray) -> dict:
+        t0 = time.perf_counter()
         row, order, _ = self._round_row(r, plan, meta)
         rows = torch.from_numpy(updates).view(len(order), self.mask.payload)
         cids = meta["client"].astype(np.int64)
@@ -58,7 +59,7 @@ class StaticServer(ServerBase):
         row.update(bytes_up=int(updates.nbytes), bytes_down=payload_bytes, meta_bytes_up=0,
                    meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0,
                    clients_skipped=len(order) - len(good), density_up=self.mask.density,
-                   density_down=self.mask.density)
+                   density_down=self.mask.density, time_aggregate=time.perf_counter() - t0)
         return row
 
     def _load_global(self) -> None:
@@ -90,6 +91,9 @@ class StaticWorker:
     def run(self) -> None:
         for r in range(self.start, self.cfg.rounds + 1):
             inject_fault(self.s.comm.rank, r)
+            # The round's MPI time starts here: a worker that finished early waits in this
+            # agreement for the slowest one (the Gatherv before it returns at once).
+            self.s.comm.reset_timer()
             if self.s.comm.any_(self.s.stop.set):
                 raise Interrupted
             self._round(RoundPlan(self.s, r, self.mask.payload))
@@ -97,7 +101,6 @@ class StaticWorker:
 
     def _round(self, plan: RoundPlan) -> None:
         comm = self.s.comm
-        comm.reset_timer()
         comm.bcast_(self.global_np)
         send, meta = self.train(plan, self.global_np)
         comm.gatherv(send, plan.model_counts)
@@ -119,6 +122,7 @@ class StaticWorker:
         for group in batches(mine, self.s.sizes, self.cfg.batch_clients):
             t0 = time.perf_counter()
             unpack(global_t, self.mask.send_idx, s.flat.flat)
+            packing = time.perf_counter() - t0
             data = [s.data_of(cid) for cid in group]
             gens = [torch_gen(self.cfg.seed, "shuffle", cid, plan.r) for cid in group]
             if len(group) == 1:
@@ -129,8 +133,9 @@ class StaticWorker:
                 trained, losses = local_train_batched(s.flat, [x for x, _ in data], [y for _, y in data],
                                                       spec=self.spec, multiplier=self.multiplier, gens=gens,
                                                       round_=plan.r)
-            seconds = (time.perf_counter() - t0) / len(group)  # a batch's time, shared out
+            seconds = (time.perf_counter() - t0 - packing) / len(group)  # a batch's training, shared out
             for j, cid in enumerate(group):
+                t1 = time.perf_counter()
                 i = slot[cid]
                 out = send_t[i * payload: (i + 1) * payload]
                 if s.device.type == "cpu":
@@ -139,7 +144,8 @@ class StaticWorker:
                     out.copy_(pack(trained[j], self.mask.send_idx))
                 if poisoned("nan", cid, plan.r):
                     out[0] = float("nan")
-                meta[i] = cid, len(data[j][1]), losses[j], seconds, 0.0
+                packed = time.perf_counter() - t1 + packing / len(group)
+                meta[i] = cid, len(data[j][1]), losses[j], seconds + packed, 0.0, packed
         if poisoned("count", comm.rank, plan.r):
             send = send[:-1]
         return send, meta

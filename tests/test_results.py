@@ -19,6 +19,7 @@ def test_round_trip(tmp_path):
     w.write_partition(np.array([3, 4]), np.array([[1, 2], [3, 1]]))
     w.write_mask(np.array([True, False, True, True]), [("a.weight", 4, 3)])
     w.append_round(_row(1))
+    w.settle()  # the commit's write runs on a writer thread
     with h5py.File(path, "r") as f:  # readable while running, with the rounds so far
         assert f.attrs["status"] == "running" and f["rounds/round"].shape == (1,)
     w.append_round(_row(2))
@@ -74,6 +75,7 @@ def _setup_writer(path, n=40_000):
     w.write_mask(kept, [("a.weight", n, int(kept.sum()))])
     w.write_saliency(scores, {})
     w.write_checkpoint({"round": 0}, vector=np.zeros(int(kept.sum()), np.float32), kept=kept)
+    w.settle()
     return w, kept, scores
 
 
@@ -85,6 +87,7 @@ def test_a_round_commit_writes_what_changed_and_the_last_one_embeds_the_rest(tmp
         before = w.bytes_written
         w.write_checkpoint({**_row(r), "round": r}, vector=vector, kept=kept, commit=False)
         w.append_round(_row(r))
+        w.settle()
         # The checkpoint vector, the rows, attributes and links (about 110 KB of HDF5 structure):
         # not the 1.6 MB saliency or the mask again.
         assert w.bytes_written - before < vector.nbytes + 150_000
@@ -122,6 +125,7 @@ def test_resume_of_a_killed_split_file_keeps_its_bulk_groups(tmp_path):
     w.write_checkpoint({**_row(1), "round": 1}, vector=np.ones(int(kept.sum()), np.float32), kept=kept,
                        commit=False)
     w.append_round(_row(1))
+    w.settle()
     w.f.close()  # killed: no last commit; the file links to its companion
     release(path)
     again = ResultWriter.reopen(path, keep_rounds=1)

@@ -140,7 +140,7 @@ def test_bench_comm_writes_every_transport_with_honest_bytes(tmp_path):
     assert np.all(b["median_s"] >= b["min_s"]) and np.all(b["max_s"] >= b["median_s"])
     clients = 2  # one per worker
     assert b["bytes_up"][0] == 20000 * 4 * clients  # dense
-    assert b["bytes_up"][2] == 20000 * 24 * clients  # saliency scores as three int64 limbs
+    assert b["bytes_up"][2] == 20000 * 40 * clients  # saliency scores as five int64 chunks
     assert b["bytes_up"][3] == 5000 * 4 * clients  # packed values only
     # message header, then a values field and a bitmap field, each with its header and padding to 8
     assert b["bytes_up"][4] == b["bytes_up"][5] == (8 + 40 + 5000 * 4 + 40 + 20000 // 8 + 4) * clients

@@ -9,8 +9,8 @@ from torch import nn
 
 from ssfl_mpi.methods import MaskContext, get
 from ssfl_mpi.errors import UsageError
-from ssfl_mpi.saliency import (MAX_CLIENTS, check_client_count, client_saliency, client_weights,
-                               limbs_to_float, normalize_limbs, scale_exponent, to_limbs, topk_limbs)
+from ssfl_mpi.saliency import (LIMB_BITS, MAX_CLIENTS, N_LIMBS, WindowSum, check_client_count, client_saliency,
+                               client_weights, limbs_to_float, normalize_limbs, to_limbs, top_chunk, topk_limbs)
 from ssfl_mpi.sparse import FlatModel, n_keep, topk_mask
 
 
@@ -49,53 +49,86 @@ def test_client_weights():
     assert np.allclose(client_weights([1, 3], "uniform"), [0.5, 0.5])
 
 
-def _exact(limbs: np.ndarray, e: int) -> list:
-    """The fixed-point value of each entry as an exact Fraction."""
+def _exact(limbs: np.ndarray, top: int) -> list:
+    """The value of each entry's chunks (window top chunk `top`) as an exact Fraction."""
     from fractions import Fraction
 
-    return [sum(Fraction(int(limbs[i, j])) * Fraction(2) ** (e - 40 * (i + 1)) for i in range(3))
+    return [sum(Fraction(int(limbs[i, j])) * Fraction(2) ** (LIMB_BITS * (top - i)) for i in range(N_LIMBS))
             for j in range(limbs.shape[1])]
 
 
-def test_limbs_hold_every_float_down_to_2_to_the_minus_67_of_the_max_exactly():
+def _cut(value: float, top: int):
+    """A score as the window keeps it: its bits from 2^(32 (top - 4)) up, the rest dropped."""
+    from fractions import Fraction
+
+    grid = Fraction(2) ** (LIMB_BITS * (top - N_LIMBS + 1))
+    return (Fraction(value) // grid) * grid
+
+
+def test_chunks_hold_every_float_down_to_128_bits_below_the_largest_exactly():
     from fractions import Fraction
 
     rng = np.random.default_rng(0)
-    x = rng.random(300) * 2.0 ** rng.integers(-66, 1, size=300)
-    x[:3] = [0.0, 1.0, 2.0 ** -66]
-    e = scale_exponent(float(x.max()))
-    assert x.max() < 2.0 ** e
-    assert _exact(to_limbs(x, e), e) == [Fraction(v) for v in x]
+    x = rng.random(300) * 2.0 ** rng.integers(-74, 1, size=300)  # 53 bits, down to 2^-75 of the max
+    x[:3] = [0.0, 1.0, 2.0 ** -74]
+    top = top_chunk(float(x.max()))
+    assert x.max() < 2.0 ** (LIMB_BITS * (top + 1))
+    assert _exact(to_limbs(x, top), top) == [Fraction(v) for v in x]
+    with pytest.raises(ValueError, match="above the window"):
+        to_limbs(np.array([2.0 ** 40]), top)
 
 
-def test_limb_sum_is_exact_and_order_free():
-    from fractions import Fraction
-
+def test_window_sum_is_exact_and_the_same_in_any_order_and_grouping():
+    """Parts of very different sizes, added in any order, on any split over ranks: the same chunks,
+    and they are the exact sum of every part cut below the final window."""
     rng = np.random.default_rng(1)
-    parts = [rng.random(200) * 10.0 ** rng.integers(-6, 3) for _ in range(7)]
-    e = scale_exponent(max(float(p.max()) for p in parts))
-    q = [to_limbs(p, e) for p in parts]
-    forward = normalize_limbs(sum(q[i] for i in range(7)))
-    backward = normalize_limbs(sum(q[i] for i in reversed(range(7))))
-    grouped = normalize_limbs((q[0] + q[2] + q[4] + q[6]) + (q[1] + q[3] + q[5]))
-    assert np.array_equal(forward, backward) and np.array_equal(forward, grouped)
-    assert np.all(forward[1:] < 2 ** 40) and np.all(forward >= 0)
-    exact = [sum(Fraction(float(p[j])) for p in parts) for j in range(200)]
-    grid = Fraction(2) ** (e - 120)
-    assert all(abs(a - b) <= 7 * grid / 2 for a, b in zip(_exact(forward, e), exact))  # one rounding per client
-    assert np.allclose(limbs_to_float(forward, e), [float(v) for v in exact], rtol=1e-15, atol=0)
-    assert scale_exponent(0.0) == 0
+    parts = [rng.random(200) * 10.0 ** rng.integers(-40, 3) for _ in range(7)]
+    parts[3][:50] = 0.0
+
+    def window(order):
+        acc = WindowSum(200)
+        for i in order:
+            acc.add(parts[i])
+        return acc
+
+    def ranks(groups):
+        accs = [window(g) for g in groups]
+        top = max(a.top for a in accs if a.top is not None)
+        for a in accs:
+            a.align(top)
+        return normalize_limbs(sum(a.total for a in accs)), top
+
+    one, top = ranks([range(7)])
+    for groups in ([reversed(range(7))], [[0, 2, 4, 6], [1, 3, 5]], [[6], [5, 0], [], [4, 3, 2, 1]],
+                   [[3], [0, 1, 2, 4, 5, 6]]):
+        total, t = ranks([list(g) for g in groups])
+        assert t == top and np.array_equal(total, one)
+    assert np.all(one[1:] < 2 ** LIMB_BITS) and np.all(one >= 0)
+    exact = [sum(_cut(float(p[j]), top) for p in parts) for j in range(200)]
+    assert _exact(one, top) == exact
+    assert np.allclose(limbs_to_float(one, LIMB_BITS * (top + 1)), [float(v) for v in exact], rtol=1e-15, atol=0)
+
+
+def test_a_window_moves_up_and_never_down():
+    acc = WindowSum(3)
+    acc.add(np.array([2.0 ** -100, 0.0, 1.0]))
+    first = acc.top
+    acc.add(np.array([2.0 ** 70, 0.0, 0.0]))
+    assert acc.top > first and acc.total[:, 0].any()
+    with pytest.raises(ValueError, match="below the largest"):
+        acc.align(first)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        acc.add(np.array([1.0, -1.0, 0.0]))
 
 
 def test_topk_of_limbs_ranks_exactly_and_keeps_ties_as_asked():
-    e = 0
     x = np.array([0.5, 0.25, 0.5, 0.125, 0.5, 0.0])
-    total = normalize_limbs(to_limbs(x, e))
+    total = normalize_limbs(to_limbs(x, top_chunk(0.5)))
     assert topk_limbs(total, 2).tolist() == [True, False, True, False, False, False]  # ties: lower index
     assert topk_limbs(total, 2, ties="keep-all").tolist() == [True, False, True, False, True, False]
     assert topk_limbs(total, 4, ties="keep-all").sum() == 4 and not topk_limbs(total, 0).any()
     # values that differ only in the last limb, which a float64 cast would merge
-    a = normalize_limbs(np.array([[5, 5], [0, 0], [2, 1]], dtype=np.int64))
+    a = normalize_limbs(np.array([[5, 5], [0, 0], [0, 0], [0, 0], [2, 1]], dtype=np.int64))
     assert topk_limbs(a, 1).tolist() == [True, False]
     with pytest.raises(ValueError):
         topk_limbs(total, 7)
@@ -108,30 +141,28 @@ def test_exact_sum_of_5000_clients_gives_the_mask_of_the_float64_sum():
     rng = np.random.default_rng(2)
     n, k_clients = 4000, 5000
     scores = rng.lognormal(-8, 3, size=(k_clients, n)) / k_clients  # p_k = 1/K, wide dynamic range
-    e = scale_exponent(float(scores.max()))
-    limbs = np.zeros((3, n), dtype=np.int64)
+    forward, shuffled = WindowSum(n), WindowSum(n)
     for s in scores:
-        limbs += to_limbs(s, e)
-    shuffled = np.zeros_like(limbs)
+        forward.add(s)
     for s in scores[rng.permutation(k_clients)]:
-        shuffled += to_limbs(s, e)
-    total = normalize_limbs(limbs)
-    assert np.array_equal(total, normalize_limbs(shuffled))
+        shuffled.add(s)
+    total = normalize_limbs(forward.total)
+    assert forward.top == shuffled.top and np.array_equal(total, normalize_limbs(shuffled.total))
     fsum = np.array([math.fsum(scores[:, j]) for j in range(n)])
     k = n // 2
     expected = np.zeros(n, dtype=bool)
     expected[np.argsort(-fsum, kind="stable")[:k]] = True
     assert np.array_equal(topk_limbs(total, k), expected)
-    assert np.allclose(limbs_to_float(total, e), fsum, rtol=1e-12, atol=0)
+    assert np.allclose(limbs_to_float(total, forward.exponent), fsum, rtol=1e-12, atol=0)
 
 
 def test_the_exact_sum_states_its_bound():
-    assert MAX_CLIENTS == 2 ** 23 - 1 > 10 ** 6
-    check_client_count(10 ** 6)
-    with pytest.raises(UsageError, match="at most 8,388,607"):
-        check_client_count(2 ** 23)
-    # the bound holds: MAX_CLIENTS limbs at their largest stay below 2^63
-    assert MAX_CLIENTS * 2 ** 40 + MAX_CLIENTS < 2 ** 63
+    assert MAX_CLIENTS == 2 ** 31 - 1
+    check_client_count(10 ** 9)
+    with pytest.raises(UsageError, match="at most 2,147,483,647"):
+        check_client_count(2 ** 31)
+    # the bound holds: MAX_CLIENTS pieces at their largest, plus carries, stay below 2^63
+    assert MAX_CLIENTS * 2 ** LIMB_BITS + MAX_CLIENTS < 2 ** 63
 
 
 class ThreadCollective:
@@ -232,23 +263,3 @@ def test_non_finite_saliency_is_a_one_line_run_error():
                       batch_size=64)
     with pytest.raises(RunError, match="saliency of client 2 is not finite"):
         get("ssfl").find_mask(ctx)
-
-
-def test_scores_are_kept_once_in_memory_then_on_disk_and_recomputed_only_without_room(monkeypatch):
-    from ssfl_mpi.methods import static
-
-    monkeypatch.setattr(static, "SCORE_CACHE_BYTES", 2 * 8 * 10)  # two clients of 10 scores in memory
-    rng = np.random.default_rng(0)
-    scores = {c: rng.random(10) for c in range(5)}
-    with static.ScoreKeeper(10) as keeper:
-        for c, s in scores.items():
-            keeper.put(c, s)
-        assert len(keeper.memory) == 2 and len(keeper.offsets) == 3
-        for c in range(5):
-            assert np.array_equal(keeper.take(c, lambda: pytest.fail("scored twice")), scores[c])
-    with static.ScoreKeeper(10) as keeper:
-        keeper.broken = True  # as after a failed write: a full disk
-        for c, s in scores.items():
-            keeper.put(c, s)
-        again = [keeper.take(c, lambda c=c: scores[c]) for c in range(5)]
-        assert keeper.recomputed == 3 and all(np.array_equal(a, scores[c]) for c, a in enumerate(again))

@@ -5,70 +5,18 @@ Each finds its mask once (`find_mask`); the static round protocol does the rest.
 
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
+import math
 
 import numpy as np
 import torch
 
 from ..errors import RunError
 from ..masks import magnitude_mask, random_mask
-from ..saliency import (LimbSum, check_client_count, client_saliency, client_weights, limbs_to_float,
-                        normalize_limbs, scale_exponent, topk_limbs)
+from ..saliency import (WindowSum, check_client_count, client_saliency, client_weights, limbs_to_float,
+                        normalize_limbs, topk_limbs)
 from ..seeding import torch_gen
 from ..sparse import Mask, dense_mask, make_mask
 from .base import MaskContext, Method
-
-SCORE_CACHE_BYTES = 1 << 30  # per rank: client scores kept in memory between the max and the sum pass
-
-
-class ScoreKeeper:
-    """The clients' scores between the max pass and the sum pass: in memory up to SCORE_CACHE_BYTES,
-    beyond that in a scratch file in $TMPDIR (deleted when closed). A client whose scores could not
-    be written (disk full) is scored again: its scores are deterministic, so the second pass sees
-    exactly what the first did."""
-
-    def __init__(self, n: int):
-        self.n, self.memory, self.offsets, self.used = n, {}, {}, 0
-        self.file, self.broken, self.recomputed = None, False, 0
-
-    def __enter__(self) -> "ScoreKeeper":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
-
-    def put(self, cid: int, scores: np.ndarray) -> None:
-        scores = np.ascontiguousarray(scores, dtype=np.float64)
-        if self.used + scores.nbytes <= SCORE_CACHE_BYTES:
-            self.memory[cid] = scores
-            self.used += scores.nbytes
-            return
-        if self.broken:
-            return
-        try:
-            if self.file is None:
-                self.file = tempfile.TemporaryFile(prefix="ssfl-mpi-scores-")
-            offset = self.file.seek(0, os.SEEK_END)
-            self.file.write(scores.tobytes())
-            self.offsets[cid] = offset
-        except OSError:
-            self.broken = True  # no room: the rest are scored again
-
-    def take(self, cid: int, recompute) -> np.ndarray:
-        if cid in self.memory:
-            return self.memory.pop(cid)
-        if cid in self.offsets:
-            out = np.empty(self.n, dtype=np.float64)
-            self.file.flush()
-            self.file.seek(self.offsets.pop(cid))
-            if self.file.readinto(memoryview(out).cast("B")) == out.nbytes:
-                return out
-        self.recomputed += 1
-        return recompute()
-
 
 class FedAvg(Method):
     name = "fedavg"
@@ -118,30 +66,20 @@ class SSFL(Method):
         weights = self._weights(ctx)
         check_client_count(int(np.count_nonzero(weights)))
         scored = [cid for cid in sorted(ctx.clients) if weights[cid] > 0]
-        # Every client's scores go onto one global fixed-point scale, so its exponent must be known
-        # first: the scores are kept between the max pass and the sum pass (in memory, then in a
-        # scratch file), so each client is scored once.
-        local_max = 0.0
-        with ScoreKeeper(ctx.flat.n_prunable) as keeper:
-            for cid in scored:
-                s = self._scores(ctx, cid, weights[cid])
-                if not np.isfinite(s).all():
-                    raise RunError(f"the saliency of client {cid} is not finite (NaN or Inf at the initial "
-                                   f"weights): check its data for NaN/Inf values")
-                local_max = max(local_max, float(s.max()) if s.size else 0.0)
-                keeper.put(cid, s)
-            exponent = scale_exponent(ctx.reduce_max(local_max))
-            acc = LimbSum(ctx.flat.n_prunable, exponent)
-            for cid in scored:
-                acc.add(keeper.take(cid, lambda: self._scores(ctx, cid, weights[cid])))
-        if keeper.recomputed:
-            logging.getLogger("ssfl_mpi").warning(
-                "saliency: %d clients scored twice: no room in $TMPDIR to keep their scores", keeper.recomputed)
+        acc = WindowSum(ctx.flat.n_prunable)  # one pass: each client scored once, nothing kept
+        for cid in scored:
+            s = self._scores(ctx, cid, weights[cid])
+            if not np.isfinite(s).all():
+                raise RunError(f"the saliency of client {cid} is not finite (NaN or Inf at the initial "
+                               f"weights): check its data for NaN/Inf values")
+            acc.add(s)
+        top = ctx.reduce_max(float(acc.top) if acc.top is not None else -math.inf)
+        acc.align(int(top) if math.isfinite(top) else 0)  # every rank on the window of the largest score
         total = acc.total
         ctx.reduce_sum_(total)
         total = normalize_limbs(total)
         kept = topk_limbs(total, ctx.k, ties=ctx.topk_ties)
-        scores = limbs_to_float(total, exponent).astype(np.float32)
+        scores = limbs_to_float(total, acc.exponent).astype(np.float32)
         return make_mask(ctx.flat, torch.from_numpy(kept), scores=scores)
 
     def setup_bytes(self, *, n_clients: int, n_prunable: int, mask: Mask) -> tuple[int, int]:
