@@ -341,14 +341,14 @@ def cmd_bench_comm(args: argparse.Namespace) -> int:
 MAX_BENCH_PARAMS = 1 << 30  # float32 values per model buffer: 4 GiB, beyond any model here
 
 
-def _claim_output(world, out: str, overwrite: bool) -> None:
+def _claim_output(world, out: str, overwrite: bool, flag: str = "--out") -> None:
     """Rank 0 checks and claims an output file before a benchmark runs; every rank agrees."""
     from .results import check_writable, claim
 
     error = None
     if world.is_server:
         try:
-            check_writable(Path(out), overwrite=overwrite)
+            check_writable(Path(out), overwrite=overwrite, flag=flag)
             claim(Path(out))
         except UsageError as exc:
             error = str(exc)
@@ -457,7 +457,7 @@ def cmd_bench_phases(args: argparse.Namespace) -> int:
         base.update(load_toml(args.config) if args.config else {})
         cfg = make_config(base, options)
     world = mpi.Comm()
-    _claim_output(world, args.bench_out, overwrite)
+    _claim_output(world, args.bench_out, overwrite, flag="--bench-out")
     world.set_liveness(cfg.liveness_timeout)
     path = run(cfg, world)
     if world.is_server:

@@ -78,19 +78,19 @@ def _versions() -> dict:
             "mpi4py": mpi4py.__version__}
 
 
-def check_writable(path: Path, *, overwrite: bool) -> None:
+def check_writable(path: Path, *, overwrite: bool, flag: str = "--out") -> None:
     """Refuse before any training: an existing result is never overwritten silently."""
     if path.is_dir():
-        raise UsageError(f"--out {str(path)!r} is a directory: name a file, e.g. {str(path / 'run.h5')!r}")
+        raise UsageError(f"{flag} {str(path)!r} is a directory: name a file, e.g. {str(path / 'run.h5')!r}")
     if path.exists() and not overwrite:
-        raise UsageError(f"result file {str(path)!r} exists: choose another --out or pass --overwrite")
+        raise UsageError(f"result file {str(path)!r} exists: choose another {flag} or pass --overwrite")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create directory {str(parent)!r} for --out: {exc.strerror}") from None
+        raise UsageError(f"cannot create directory {str(parent)!r} for {flag}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"directory {str(parent)!r} of --out is not writable")
+        raise UsageError(f"directory {str(parent)!r} of {flag} is not writable")
 
 
 _LOCKS: dict = {}  # resolved path -> open lock file of this process
@@ -410,6 +410,17 @@ class ResultWriter:
             release(self.path)
 
 
+def _check_companion(f: h5py.File, path: str, what: str) -> None:
+    """A killed run's file links to its companion; without it, say so in one line."""
+    for name in BULK:
+        link = f.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            other = Path(path).parent / link.filename
+            if not other.exists():
+                raise UsageError(f"{what}{path!r} keeps its /{name} in {str(other)!r} (the companion of a run "
+                                 f"that has not finished), which is missing: copy it beside the file")
+
+
 # The row a checkpoint carries: everything known before evaluation.
 CHECKPOINT_ROW_FIELDS = set(ROUND_FIELDS) - {"test_accuracy", "test_loss", "client_accuracy",
                                              "personal_accuracy", "time_eval"}
@@ -447,6 +458,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             raise bad("its stored config is not JSON") from None
         if not isinstance(config, dict) or not isinstance(config.get("rounds"), int):
             raise bad("its stored config has no round count")
+        _check_companion(f, path, "--resume: ")
         if "checkpoint" not in f:
             raise bad("it holds no checkpoint (it was stopped before the setup finished); start it again "
                       "with --overwrite")
@@ -494,6 +506,7 @@ def read(path: str | os.PathLike) -> dict:
                              f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
         if "bench" in f:
             raise UsageError(f"{str(path)!r} is a benchmark file, not a run's result file")
+        _check_companion(f, str(path), "")
         try:
             out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
                    "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}

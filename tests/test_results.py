@@ -133,3 +133,20 @@ def test_resume_of_a_killed_split_file_keeps_its_bulk_groups(tmp_path):
     out = read(path)
     assert np.array_equal(out["saliency"]["global"], scores) and np.array_equal(out["mask"]["flat"], kept)
     assert not companion(path).exists()
+
+
+def test_a_killed_file_without_its_companion_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "r.h5"
+    w, kept, _ = _setup_writer(path, n=1000)
+    w.append_round(_row(1))
+    w.settle()
+    w.f.close()  # killed
+    release(path)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "r.h5").write_bytes(path.read_bytes())  # the result file alone
+    for reader in (read, read_checkpoint):
+        with pytest.raises(UsageError, match=r"keeps its /\w+ in .*r\.h5\.static.*which is missing"):
+            reader(moved / "r.h5")
+    (moved / "r.h5.static").write_bytes(companion(path).read_bytes())
+    assert np.array_equal(read(moved / "r.h5")["mask"]["flat"], kept)
