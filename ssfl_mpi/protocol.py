@@ -23,7 +23,7 @@ from .partition import label_counts, proportional_test_split, split_for
 from .placement import place, static_home
 from .results import ResultWriter, check_writable, claim
 from .seeding import np_rng, sample_clients, torch_seed
-from .sparse import FlatModel, Mask, n_keep
+from .sparse import RECURRENT_MODULES, FlatModel, Mask, n_keep
 from .training import LocalSpec, predict, split_accuracy
 
 log = logging.getLogger("ssfl_mpi")
@@ -205,6 +205,9 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
         net = models.build(model_name, dataset=cfg.dataset, input_shape=ds.input_shape,
                            n_classes=ds.n_classes, seed=torch_seed(cfg.seed, "init"))
         flat = FlatModel(net, device)
+        if cfg.batch_clients > 1 and any(isinstance(m, RECURRENT_MODULES) for m in net.modules()):
+            raise UsageError(f"--batch-clients: {model_name} has recurrent layers, which torch.func.vmap runs "
+                             f"one client at a time (slower than --batch-clients 1)")
         methods.get(cfg.method).prepare_model(flat, cfg=cfg)
         ph.detail = f": {flat.numel:,} parameters, {flat.n_prunable:,} prunable, on {device}"
     if methods.get(cfg.method).sparse and n_keep(cfg.density, flat.n_prunable) == 0:

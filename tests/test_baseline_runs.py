@@ -232,3 +232,12 @@ def test_shakespeare_layout_runs_the_lstm_with_one_client_per_role(tmp_path):
     kept = r["mask"]["flat"]
     weights = np.concatenate([r["model"][n].ravel() for n in names])
     assert np.all(weights[~kept] == 0) and kept.mean() == pytest.approx(0.2, abs=1e-4)
+
+
+def test_batch_clients_refuses_recurrent_models_in_one_line(tmp_path):
+    root = write_leaf("shakespeare", tmp_path / "shakespeare", writers=6, per_writer=(6, 10), seed=4)
+    proc = launch(2, "run", "--dataset", "shakespeare", "--data-root", str(root), "--clients", "6",
+                  "--clients-per-round", "2", "--rounds", "1", "--batch-clients", "2",
+                  "--out", str(tmp_path / "s.h5"), timeout=120)
+    assert proc.returncode == 2 and "char-lstm has recurrent layers" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "s.h5").exists()
