@@ -17,10 +17,9 @@ import torch
 
 from . import fields, methods
 from .clientstate import ClientStore
-from .errors import Interrupted
-from .lifecycle import inject_fault, poisoned
+from .lifecycle import poisoned
 from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
-                       report_rss, send_meta)
+                       report_rss, send_meta, worker_rounds)
 from .sparse import Mask, make_mask
 
 
@@ -127,15 +126,7 @@ class MessageWorker:
         self.spec = local_spec(s.cfg, s.dataset)
 
     def run(self) -> None:
-        for r in range(self.start, self.cfg.rounds + 1):
-            inject_fault(self.s.comm.rank, r)
-            # The round's MPI time starts here: a worker that finished early waits in this
-            # agreement for the slowest one (the Gatherv before it returns at once).
-            self.s.comm.reset_timer()
-            if self.s.comm.any_(self.s.stop.set):
-                raise Interrupted
-            self._round(RoundPlan(self.s, r))
-        inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
+        worker_rounds(self.s, self.start, lambda r: self._round(RoundPlan(self.s, r)))
 
     def _receive(self, plan: RoundPlan) -> dict[int, np.ndarray]:
         comm = self.s.comm

@@ -508,6 +508,19 @@ class ServerBase:
         return False
 
 
+def worker_rounds(s: Setup, start: int, round_) -> None:
+    """A worker's loop over rounds start..R: `round_(r)` each, after the round-boundary stop
+    agreement. The round's MPI time starts before that agreement: a worker that finished early
+    waits in it for the slowest one (the Gatherv before it returns at once)."""
+    for r in range(start, s.cfg.rounds + 1):
+        inject_fault(s.comm.rank, r)
+        s.comm.reset_timer()
+        if s.comm.any_(s.stop.set):
+            raise Interrupted
+        round_(r)
+    inject_fault(s.comm.rank, s.cfg.rounds + 1)
+
+
 def report_rss(comm: mpi.Comm) -> None:
     """A worker's half of the per-round memory gather in `ServerBase._round_row`."""
     comm.gatherv(np.array([peak_rss_mb()]), np.ones(comm.size, dtype=np.int64))

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 
 from .aggregation import weighted_average
-from .errors import Interrupted
-from .lifecycle import inject_fault, poisoned
+from .lifecycle import poisoned
 from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
-                       report_rss, send_meta)
+                       report_rss, send_meta, worker_rounds)
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack
 from .training import local_train, local_train_batched
@@ -89,15 +88,7 @@ class StaticWorker:
         self.multiplier = mask.multiplier if mask.n_kept < s.flat.n_prunable else None
 
     def run(self) -> None:
-        for r in range(self.start, self.cfg.rounds + 1):
-            inject_fault(self.s.comm.rank, r)
-            # The round's MPI time starts here: a worker that finished early waits in this
-            # agreement for the slowest one (the Gatherv before it returns at once).
-            self.s.comm.reset_timer()
-            if self.s.comm.any_(self.s.stop.set):
-                raise Interrupted
-            self._round(RoundPlan(self.s, r, self.mask.payload))
-        inject_fault(self.s.comm.rank, self.cfg.rounds + 1)
+        worker_rounds(self.s, self.start, lambda r: self._round(RoundPlan(self.s, r, self.mask.payload)))
 
     def _round(self, plan: RoundPlan) -> None:
         comm = self.s.comm
