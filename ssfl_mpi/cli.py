@@ -515,17 +515,18 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from . import comm as mpi
-
     from .lifecycle import STOP, keep_freed_memory
+    from .results import release_all
 
     STOP.install()  # before anything can take long: see lifecycle.StopFlag
-    keep_freed_memory()
     try:
         _setup_logging()
         with same_on_every_rank():
+            keep_freed_memory()
             args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as exc:
+        release_all()  # before the report, which may end the job (MPI_Abort): no lock file stays
         mpi.report_usage_error(str(exc), collective=exc.collective)
         return EXIT_USAGE
     except Interrupted:
@@ -534,13 +535,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except RunError as exc:
         code = getattr(exc, "code", EXIT_FAILURE)  # a worker repeating the server's last word keeps its code
+        release_all()
         mpi.report_run_error(str(exc), code=code)
         return code
     except WriteFailed as exc:
+        release_all()
         mpi.report_run_error(str(exc), code=EXIT_WRITE)
         return EXIT_WRITE
     except BaseException as exc:  # noqa: BLE001 - any other failure ends every rank, traceback once
         if isinstance(exc, SystemExit) and exc.code in (0, None):  # --help
             return EXIT_OK
+        release_all()
         mpi.abort_with_traceback(exc)
         return EXIT_FAILURE
+    finally:
+        release_all()

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import RUNTIME_KEYS, Config
 from .errors import UsageError
-from .results import ROUND_FIELDS, read
+from .results import ROUND_FIELDS, Untrusted, read
 
 # Keys that do not change a run's numbers, besides the seed that a cell averages over.
 NOT_COMPARED = set(RUNTIME_KEYS) | {"seed", "eval_every"}
@@ -112,7 +112,11 @@ def select(paths: list[str], metric: str = "acc") -> Selection:
     sel = Selection()
     runs = []
     for path in paths:
-        d = read(path)
+        try:
+            d = read(path)
+        except Untrusted as exc:  # its numbers are not shown as good; the others still are
+            sel.left_out.append((path, str(exc).removeprefix(f"{path!r} ")))
+            continue
         check_run(path, d)
         status, n = d["attrs"]["status"], len(d["rounds"]["round"])
         if status != "complete":

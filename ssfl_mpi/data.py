@@ -276,7 +276,19 @@ def _leaf_split(name: str, folder: str) -> dict[str, tuple[list, list]]:
                 users[user] = (x, y)
         except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{name}: {path!r} is not a LEAF data file ({type(exc).__name__}: {exc})") from None
+    if not users:
+        raise UsageError(f"{name}: the .json files in {folder!r} list no users (an empty LEAF split: run LEAF's "
+                         f"preprocess.sh again; see the README)")
     return users
+
+
+def _integer_labels(ys: list) -> np.ndarray:
+    """Class labels as int64; a label that is not a whole number is refused, never truncated."""
+    bad = next((v for v in ys if isinstance(v, bool) or not isinstance(v, (int, float))
+                or (isinstance(v, float) and not v.is_integer())), None)
+    if bad is not None:
+        raise ValueError(f"a label is {bad!r}, not a class number")
+    return np.asarray(ys, dtype=np.int64)
 
 
 def _leaf_arrays(name: str, users: dict, order: list[str], where: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -290,7 +302,7 @@ def _leaf_arrays(name: str, users: dict, order: list[str], where: str) -> tuple[
     try:
         if name == "femnist":
             xa = np.asarray(xs, dtype=np.float32).reshape(-1, 1, 28, 28)
-            ya = np.asarray(ys, dtype=np.int64)
+            ya = _integer_labels(ys)
             if len(xs) and np.asarray(xs[0]).size != 784:
                 raise ValueError("an image is not 784 values")
         else:

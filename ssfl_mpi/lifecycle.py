@@ -6,6 +6,8 @@ import os
 import resource
 import signal
 
+from .errors import UsageError
+
 FAULT_ENV = "SSFL_MPI_TEST_FAULT"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -116,7 +118,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-ALLOCATOR_ENV = "SSFL_MPI_MALLOC"  # "system": leave glibc's malloc settings alone
+ALLOCATOR_ENV = "SSFL_MPI_MALLOC"  # "keep" (the default) or "system": leave glibc's malloc settings alone
+ALLOCATOR_CHOICES = ("keep", "system")
 ALLOCATOR_TUNED = False
 
 
@@ -130,7 +133,11 @@ def keep_freed_memory() -> bool:
     batch 128 took 11.0 s and 8.5 s. The price: a rank's resident memory stays at its peak
     instead of shrinking between rounds. Returns whether it took effect (glibc only)."""
     global ALLOCATOR_TUNED
-    if os.environ.get(ALLOCATOR_ENV) == "system":
+    choice = os.environ.get(ALLOCATOR_ENV, "") or "keep"
+    if choice not in ALLOCATOR_CHOICES:
+        raise UsageError(f"{ALLOCATOR_ENV}={choice!r}: use keep (the default: freed memory is kept for "
+                         f"reuse) or system (glibc's own settings)")
+    if choice == "system":
         return False
     try:
         import ctypes

@@ -95,6 +95,7 @@ class ResumePoint:
     kept: np.ndarray | None = None
     row: dict | None = None  # that round's row before evaluation
     clients: dict | None = None  # per-client state arrays the server keeps (message methods)
+    rows: int = 0  # rows the file holds (the checkpointed round's is kept if it is there)
 
 
 def pick_threads(requested: int, ranks_on_node: int) -> int:
@@ -311,7 +312,9 @@ class ServerBase:
 
     def run(self) -> Path:
         if self.resume:
-            self.writer = ResultWriter.reopen(self.resume.path, keep_rounds=self.resume.round - 1)
+            # Committed rows up to the checkpoint stay as they are; rows after it (--checkpoint-every
+            # > 1) belong to rounds that are run again.
+            self.writer = ResultWriter.reopen(self.resume.path, keep_rounds=min(self.resume.rows, self.resume.round))
         else:
             self.writer = ResultWriter(self.cfg.out_path(), overwrite=self.cfg.overwrite, attrs=self._attrs())
         status = "failed"
@@ -330,8 +333,8 @@ class ServerBase:
                 # leaves a file that --resume accepts, however early it comes.
                 vector, kept = self._state()
                 self.writer.write_checkpoint({"round": 0}, vector=vector, kept=kept, clients=self._client_arrays())
-            elif self.resume.round > 0:  # the checkpointed round's row, which a kill may have cut off
-                self._finish(dict(self.resume.row))
+            elif 0 < self.resume.round and self.writer.n_rounds < self.resume.round:
+                self._finish(dict(self.resume.row))  # the checkpointed round's row, cut off by a kill
             self._loop()
             self._write_mask()  # the final mask, for methods whose mask changes
             self.writer.write_model(self.s.flat.state())

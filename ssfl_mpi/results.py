@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import socket
+import stat
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,10 +21,11 @@ import numpy as np
 from .errors import UsageError, WriteFailed
 from .lifecycle import poisoned
 
-# 4: time_compute_mean/pack/wait/aggregate/commit, startup_s, setup_s; 3: density_up/down,
+# 5: run_id and sha256_<group> of the bulk groups (checked by read and --resume); 4:
+# time_compute_mean/pack/wait/aggregate/commit, startup_s, setup_s; 3: density_up/down,
 # /checkpoint/clients; 2: client_accuracy, time_eval, /saliency
-SCHEMA = "ssfl-mpi/4"
-READABLE_SCHEMAS = ("ssfl-mpi/1", "ssfl-mpi/2", "ssfl-mpi/3", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
+SCHEMA = "ssfl-mpi/5"
+READABLE_SCHEMAS = ("ssfl-mpi/1", "ssfl-mpi/2", "ssfl-mpi/3", "ssfl-mpi/4", SCHEMA)  # read and tabulated; only SCHEMA files can be resumed
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 # /rounds/<name>: one entry per completed round. Units are in the names' documentation below.
@@ -103,34 +107,53 @@ def _lock_path(path: Path) -> Path:
 def claim(path: Path) -> None:
     """Make this process the only writer of `path` until `release` (or its exit, even by SIGKILL):
     an exclusive flock on a hidden `.NAME.lock` beside it. A second run, a --resume of a file that
-    a live run writes, or a benchmark aimed at it is refused with one line."""
+    a live run writes, or a benchmark aimed at it is refused with one line. The lock file is
+    removed on release (a SIGKILL leaves it, harmless: an unlocked lock file is taken over)."""
     key = str(Path(path).resolve())
     if key in _LOCKS:
         return
     lock = _lock_path(path)
-    try:
-        fh = open(lock, "a+")
-    except OSError as exc:
-        raise UsageError(f"cannot create the lock file {str(lock)!r}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
+    while True:
+        try:
+            fh = open(lock, "a+")
+        except OSError as exc:
+            raise UsageError(f"cannot create the lock file {str(lock)!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UsageError(f"{str(path)!r} is being written by another run ({holder}); wait for it or "
+                             f"choose another --out") from None
+        try:  # a releasing holder may have removed the file we opened: lock the one at the path
+            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         fh.close()
-        raise UsageError(f"{str(path)!r} is being written by another run ({holder}); wait for it or "
-                         f"choose another --out") from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
     fh.flush()
-    _LOCKS[key] = fh
+    _LOCKS[key] = (fh, lock)
 
 
 def release(path: Path) -> None:
-    fh = _LOCKS.pop(str(Path(path).resolve()), None)
-    if fh is not None:
-        fh.close()  # closing drops the flock; the hidden lock file stays, to be reused
+    held = _LOCKS.pop(str(Path(path).resolve()), None)
+    if held is not None:
+        fh, lock = held
+        try:
+            lock.unlink(missing_ok=True)  # while still locked: no one else can hold it at this moment
+        except OSError:
+            pass
+        fh.close()
+
+
+def release_all() -> None:
+    """Every lock this process holds (a run refused after its claim, any exit of `main`)."""
+    for key in list(_LOCKS):
+        release(Path(key))
 
 
 # Groups written once (or rarely) that would dominate a round's commit at ResNet-18 size (the
@@ -141,6 +164,31 @@ BULK = ("saliency", "mask")
 
 def companion(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".static")
+
+
+def bulk_digests(f: h5py.File) -> dict[str, str]:
+    """sha256 of each bulk group's content (every attribute and dataset: name, dtype, shape,
+    values), in a fixed order: the same whether the group is embedded or reached through a link,
+    however HDF5 laid it out on disk. Recorded at every commit as the attribute sha256_<group>."""
+    out = {}
+    for name in BULK:
+        if name in f:
+            h = hashlib.sha256()
+            _digest_into(h, f[name], "/" + name)
+            out[name] = h.hexdigest()
+    return out
+
+
+def _digest_into(h, obj, path: str) -> None:
+    for key in sorted(obj.attrs):
+        h.update(f"@{path}/{key}={_plain(obj.attrs[key])!r};".encode())
+    if isinstance(obj, h5py.Dataset):
+        value = obj[()]
+        h.update(f"{path}:{obj.dtype.str}:{obj.shape};".encode())
+        h.update(np.ascontiguousarray(value).tobytes() if obj.dtype.kind in "biuf" else repr(value.tolist()).encode())
+        return
+    for key in sorted(obj):
+        _digest_into(h, obj[key], f"{path}/{key}")
 
 
 class ResultWriter:
@@ -162,12 +210,14 @@ class ResultWriter:
         self.failed = False
         self.bytes_written = self.commits = 0  # by this process's commits
         self.bulk_dirty, self.mask_flat = False, None
+        self.checkpointed = False  # whether a commit holding a checkpoint reached the disk
         self._writer, self._pending = None, None
         companion(self.path).unlink(missing_ok=True)  # of an overwritten run killed before its end
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
         a = self.f.attrs
         a["schema"] = SCHEMA
         a["status"] = "running"
+        a["run_id"] = uuid.uuid4().hex  # ties the companion to this run
         a["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         a["host"] = socket.gethostname()
         for key, value in _versions().items():
@@ -185,6 +235,7 @@ class ResultWriter:
         self = cls.__new__(cls)
         self.failed = False
         self.bytes_written = self.commits = 0
+        self.checkpointed = True  # --resume reads only files with a checkpoint
         self._writer, self._pending = None, None
         self.path = Path(path)
         self.f = h5py.File(f"mem-{id(self)}", "w", driver="core", backing_store=False)
@@ -193,6 +244,9 @@ class ResultWriter:
                 self.f.attrs[key] = value
             for name in src:
                 src.copy(src[name], self.f, name=name)
+            # The companion (checked by read_checkpoint) stays as it is; embedded groups (a run that
+            # ended interrupted or failed) go back to it at the next commit.
+            linked = {name for name in BULK if isinstance(src.get(name, getlink=True), h5py.ExternalLink)}
         for name in self.f["rounds"]:
             ds = self.f["rounds"][name]
             ds.resize((max(0, min(keep_rounds, ds.shape[0])),))
@@ -200,7 +254,7 @@ class ResultWriter:
         self.f.attrs["resumed"] = int(self.f.attrs.get("resumed", 0)) + 1
         if "model" in self.f:
             del self.f["model"]
-        self.bulk_dirty = any(name in self.f for name in BULK)
+        self.bulk_dirty = any(name in self.f and name not in linked for name in BULK)
         self.mask_flat = self.f["mask"]["flat"][()] if "mask" in self.f else None
         self.commit()
         return self
@@ -216,25 +270,29 @@ class ResultWriter:
         if self.failed:
             return
         self._settle()
-        self.f.flush()
         split = not final and any(name in self.f for name in BULK)
         writes = []
-        if split and self.bulk_dirty:
-            writes.append((companion(self.path), self._image(bulk=True)))
+        if self.bulk_dirty:
+            for name, digest in bulk_digests(self.f).items():
+                self.f.attrs[f"sha256_{name}"] = digest
+            if split:
+                writes.append((companion(self.path), self._image(bulk=True)))
             self.bulk_dirty = False
         if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
             self._fail(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        self.f.flush()  # after the last change: the image is of what is flushed
         writes.append((self.path, self._image(bulk=False) if split else self.f.id.get_file_image()))
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssfl-commit")
-        self._pending = self._writer.submit(self._write, writes, final)
+        self._pending = self._writer.submit(self._write, writes, final, "checkpoint" in self.f)
         if final:
             self._settle()
 
-    def _write(self, writes: list, final: bool) -> None:
+    def _write(self, writes: list, final: bool, checkpoint: bool) -> None:
         for path, image in writes:
             self._replace(path, image)
         self.commits += 1
+        self.checkpointed = self.checkpointed or checkpoint
         if final:
             companion(self.path).unlink(missing_ok=True)
 
@@ -254,8 +312,12 @@ class ResultWriter:
 
     def _fail(self, exc: OSError) -> None:
         self.failed = True
-        raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; the file "
-                          f"holds the last committed state (continue with --resume once there is room)") from None
+        if self.checkpointed:
+            then = "the file holds the last committed state (continue with --resume once there is room)"
+        else:
+            again = "start it again with --overwrite" if self.path.exists() else "start it again"
+            then = f"no checkpoint was committed yet (nothing to resume): {again} once there is room"
+        raise WriteFailed(f"cannot write result file {str(self.path)!r}: {exc.strerror or exc}; {then}") from None
 
     def _replace(self, path: Path, image: bytes) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -280,6 +342,9 @@ class ResultWriter:
             if not bulk:
                 for key, value in self.f.attrs.items():
                     out.attrs[key] = value
+            else:  # whose companion it is
+                out.attrs["run_id"] = self.f.attrs["run_id"]
+                out.attrs["companion_of"] = self.path.name
             for name in self.f:
                 if (name in BULK) != bulk:
                     if not bulk:
@@ -410,15 +475,60 @@ class ResultWriter:
             release(self.path)
 
 
-def _check_companion(f: h5py.File, path: str, what: str) -> None:
-    """A killed run's file links to its companion; without it, say so in one line."""
-    for name in BULK:
-        link = f.get(name, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            other = Path(path).parent / link.filename
-            if not other.exists():
-                raise UsageError(f"{what}{path!r} keeps its /{name} in {str(other)!r} (the companion of a run "
-                                 f"that has not finished), which is missing: copy it beside the file")
+class Untrusted(UsageError):
+    """A result file whose bulk groups (mask, saliency) are not the ones its run recorded."""
+
+
+def check_bulk(f: h5py.File, path: str, what: str = "") -> None:
+    """The bulk groups are the run's own, as recorded at its last commit, wherever they are kept.
+
+    A killed run's file reaches them in its companion NAME.static: the companion must exist, name
+    the same run (run_id) and hold, group by group, the content whose sha256 the file recorded.
+    Files of schema 5 are checked; older ones recorded nothing to check against."""
+    def untrusted(defect: str) -> Untrusted:
+        return Untrusted(f"{what}{path!r} {defect}")
+
+    run_id = _plain(f.attrs.get("run_id"))
+    links = {name: f.get(name, getlink=True) for name in BULK}
+    links = {name: link for name, link in links.items() if isinstance(link, h5py.ExternalLink)}
+    for name, link in links.items():
+        other = Path(path).parent / link.filename
+        if not other.exists():
+            raise untrusted(f"keeps its /{name} in {str(other)!r} (the companion of a run that has not "
+                            f"finished), which is missing: copy it beside the file")
+        try:
+            with h5py.File(other, "r", locking=False) as c:
+                theirs = _plain(c.attrs.get("run_id"))
+        except OSError as exc:
+            raise untrusted(f"keeps its /{name} in {str(other)!r}, which is not a readable HDF5 file "
+                            f"({_one_line(exc)})") from None
+        if run_id is not None and theirs != run_id:
+            raise untrusted(f"keeps its /{name} in {str(other)!r}, which belongs to another run (run id "
+                            f"{theirs!r}, this file's {run_id!r}): put the companion written with this "
+                            f"file beside it")
+    if _plain(f.attrs.get("schema")) != SCHEMA:
+        return
+    try:
+        found = bulk_digests(f)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        where = f" in {str(Path(path).parent / next(iter(links.values())).filename)!r}" if links else ""
+        raise untrusted(f"holds bulk groups{where} that cannot be read ({_one_line(exc)})") from None
+    for name, digest in found.items():
+        where = f" (in {str(Path(path).parent / links[name].filename)!r})" if name in links else ""
+        recorded = _plain(f.attrs.get(f"sha256_{name}"))
+        if recorded is None:
+            raise untrusted(f"records no digest of its /{name}{where}: it cannot be checked")
+        if digest != recorded:
+            raise untrusted(f"holds a /{name}{where} that differs from the one its run recorded (sha256 "
+                            f"{digest[:12]}... instead of {recorded[:12]}...)")
+    if "saliency" in found:
+        scores = f["saliency"]["global"][()]
+        if not np.isfinite(scores).all():
+            raise untrusted(f"holds {int((~np.isfinite(scores)).sum())} NaN/Inf values in /saliency/global")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 # The row a checkpoint carries: everything known before evaluation.
@@ -458,10 +568,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             raise bad("its stored config is not JSON") from None
         if not isinstance(config, dict) or not isinstance(config.get("rounds"), int):
             raise bad("its stored config has no round count")
-        _check_companion(f, path, "--resume: ")
         if "checkpoint" not in f:
             raise bad("it holds no checkpoint (it was stopped before the setup finished); start it again "
                       "with --overwrite")
+        check_bulk(f, path, "--resume: ")
         g = f["checkpoint"]
         try:
             round_ = int(g.attrs["round"])
@@ -490,8 +600,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         lengths = {name: f["rounds"][name].shape[0] for name in f["rounds"]}
         if set(lengths) != set(ROUND_FIELDS) or len(set(lengths.values())) != 1:
             raise bad("its /rounds columns are missing or of unequal length")
-        return {"config": config, "status": status, "round": round_, "row": row, "vector": vector,
-                "kept": kept, "clients": clients}
+        rewritten = [Path(path)] + [companion(Path(path))] * any(
+            isinstance(f.get(name, getlink=True), h5py.ExternalLink) for name in BULK)
+    for p in rewritten:  # mode bits too: root may write anything, but a read-only file says "keep"
+        if not os.stat(p).st_mode & stat.S_IWUSR or not os.access(p, os.W_OK):
+            raise bad(f"{str(p)!r} is read-only and a resume rewrites it: make it writable (chmod u+w) "
+                      f"or resume a copy")
+    return {"config": config, "status": status, "round": round_, "row": row, "vector": vector,
+            "kept": kept, "clients": clients, "rows": len(done)}
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -506,7 +622,7 @@ def read(path: str | os.PathLike) -> dict:
                              f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
         if "bench" in f:
             raise UsageError(f"{str(path)!r} is a benchmark file, not a run's result file")
-        _check_companion(f, str(path), "")
+        check_bulk(f, str(path))
         try:
             out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
                    "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}

@@ -37,6 +37,6 @@ def resume_point(world, path: str, base: dict, options: dict) -> tuple[Config, R
                              f"them or start a new run with --out")
     point = ResumePoint(path=Path(path), round=round_, vector=ck["vector"] if ck else None,
                         kept=ck["kept"] if ck else None, row=ck["row"] if ck else None,
-                        clients=ck["clients"] if ck else None)
+                        clients=ck["clients"] if ck else None, rows=ck["rows"] if ck else 0)
     logging.getLogger("ssfl_mpi").info("resuming %s after round %d", path, round_)
     return wanted, point

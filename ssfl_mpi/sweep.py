@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from .config import FIELD_NAMES, Config, make_config, read_toml
-from .errors import UsageError
+from .errors import RunError, UsageError, WriteFailed
 from .presets import load_preset
 
 GRID_KEYS = {"out_dir", "name", "base", "axes", "variants"}
@@ -137,29 +137,43 @@ def run_sweep(world, cells: list[Cell], *, only: int | None = None) -> dict:
     log = logging.getLogger("ssfl_mpi")
     if only is not None and not 0 <= only < len(cells):
         raise UsageError(f"--cell {only}: the grid has cells 0..{len(cells) - 1}", collective=True)
-    done = {"ran": 0, "resumed": 0, "skipped": 0}
+    done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
     for cell in cells if only is None else [cells[only]]:
         status = world.bcast_object(cell_status(cell.path) if world.is_server else None)
         if status == "complete":
             done["skipped"] += 1
             log.info("cell %d %s: complete, skipped", cell.index, cell.name)
             continue
+        if status == "failed" and only is None:
+            # A failed cell fails again the same way (the same seed, the same data): the sweep goes on.
+            done["failed"] += 1
+            log.warning("cell %d %s: failed in an earlier launch (%s), skipped; run it again with --cell %d "
+                        "(it resumes from its checkpoint) or delete the file", cell.index, cell.name,
+                        cell.path, cell.index)
+            continue
         if status in ("unreadable", "foreign"):
             raise UsageError(f"cell {cell.index}: {str(cell.path)!r} exists but is not an ssfl-mpi result "
                              f"file: move it away", collective=True)
         log.info("cell %d/%d %s: %s", cell.index, len(cells) - 1, cell.name,
                  "starting" if status == "missing" else f"{status}, resuming")
-        if status == "missing":
-            cfg = make_config(dict(cell.options), {"out": str(cell.path)})
-            world.set_liveness(cfg.liveness_timeout)
-            run(cfg, world)
-            done["ran"] += 1
-        else:
-            cfg, point = resume_point(world, str(cell.path), dict(cell.options), {})
-            world.set_liveness(cfg.liveness_timeout)
-            run(cfg, world, point)
-            done["resumed"] += 1
-    log.info("sweep: %d run, %d resumed, %d already complete", done["ran"], done["resumed"], done["skipped"])
+        try:
+            if status == "missing":
+                cfg = make_config(dict(cell.options), {"out": str(cell.path)})
+                world.set_liveness(cfg.liveness_timeout)
+                run(cfg, world)
+                done["ran"] += 1
+            else:
+                cfg, point = resume_point(world, str(cell.path), dict(cell.options), {})
+                world.set_liveness(cfg.liveness_timeout)
+                run(cfg, world, point)
+                done["resumed"] += 1
+        except (UsageError, RunError, WriteFailed) as exc:
+            tag = f"sweep cell {cell.index} ({cell.name}): "
+            if not str(exc).startswith(tag):  # a worker repeats the server's line, tagged already
+                exc.args = (tag + str(exc), *exc.args[1:])
+            raise
+    log.info("sweep: %d run, %d resumed, %d already complete, %d failed before (skipped)", done["ran"],
+             done["resumed"], done["skipped"], done["failed"])
     return done
 
 

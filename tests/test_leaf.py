@@ -88,6 +88,8 @@ def test_leaf_models_and_prunable_lstm_weights():
     ("short_image", "not in LEAF's femnist format"),
     ("label", "labels outside 0..61"),
     ("mismatch", "has 2 inputs and 1 labels"),
+    ("fraction", "a label is 3.5, not a class number"),
+    ("no_users", "list no users"),
 ])
 def test_bad_leaf_folders_are_one_line_errors(tmp_path, damage, message):
     root = write_leaf("femnist", tmp_path / "d", writers=3)
@@ -108,6 +110,12 @@ def test_bad_leaf_folders_are_one_line_errors(tmp_path, damage, message):
     elif damage == "label":
         d["user_data"][u]["y"][0] = 62
         f.write_text(json.dumps(d))
+    elif damage == "fraction":  # never truncated to 3
+        d["user_data"][u]["y"][0] = 3.5
+        f.write_text(json.dumps(d))
+    elif damage == "no_users":
+        for g in (root / "train").glob("*.json"):
+            g.write_text(json.dumps({"users": [], "num_samples": [], "user_data": {}}))
     else:
         d["user_data"][u] = {"x": d["user_data"][u]["x"][:2], "y": d["user_data"][u]["y"][:1]}
         f.write_text(json.dumps(d))

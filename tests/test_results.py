@@ -1,12 +1,15 @@
 """The HDF5 contract: writer and reader agree, nothing is overwritten silently."""
 
+import errno
+import os
+
 import h5py
 import numpy as np
 import pytest
 
-from ssfl_mpi.errors import UsageError
-from ssfl_mpi.results import (ROUND_FIELDS, SCHEMA, ResultWriter, check_writable, companion, read,
-                              read_checkpoint, release)
+from ssfl_mpi.errors import UsageError, WriteFailed
+from ssfl_mpi.results import (ROUND_FIELDS, SCHEMA, ResultWriter, Untrusted, bulk_digests, check_writable, claim,
+                              companion, read, read_checkpoint, release, release_all)
 
 
 def _row(r):
@@ -150,3 +153,58 @@ def test_a_killed_file_without_its_companion_is_one_line_naming_it(tmp_path):
             reader(moved / "r.h5")
     (moved / "r.h5.static").write_bytes(companion(path).read_bytes())
     assert np.array_equal(read(moved / "r.h5")["mask"]["flat"], kept)
+
+
+def test_every_commit_records_the_digests_of_the_bulk_groups_and_the_readers_check_them(tmp_path):
+    path = tmp_path / "r.h5"
+    w, kept, scores = _setup_writer(path, n=1000)
+    w.append_round(_row(1))
+    w.settle()
+    with h5py.File(path, "r") as f:
+        assert f.attrs["sha256_mask"] == bulk_digests(f)["mask"]  # read through the external link
+        with h5py.File(companion(path), "r") as c:
+            assert c.attrs["run_id"] == f.attrs["run_id"] and c.attrs["companion_of"] == "r.h5"
+    with h5py.File(companion(path), "r+") as c:  # one weight moved into the mask
+        m = c["mask/flat"][()]
+        m[np.flatnonzero(~m)[0]] = True
+        c["mask/flat"][...] = m
+    for reader in (read, read_checkpoint):
+        with pytest.raises(Untrusted, match="holds a /mask .* that differs from the one its run recorded"):
+            reader(path)
+    w.f.close()
+    release(path)
+
+
+def test_a_finished_file_checks_what_it_embeds(tmp_path):
+    path = tmp_path / "r.h5"
+    w, kept, scores = _setup_writer(path, n=1000)
+    w.write_mask(~kept, [("a.weight", 1000, int((~kept).sum()))])  # a final mask, changed at the end
+    w.close("complete")
+    assert read(path)["attrs"]["sha256_mask"] == bulk_digests(h5py.File(path, "r"))["mask"]
+    with h5py.File(path, "r+") as f:
+        f["saliency/global"][3] = 0.5
+    with pytest.raises(Untrusted, match="holds a /saliency that differs"):
+        read(path)
+
+
+def test_a_lock_file_is_removed_with_its_lock_and_a_stale_one_is_taken_over(tmp_path):
+    path = tmp_path / "r.h5"
+    lock = tmp_path / ".r.h5.lock"
+    lock.write_text("pid 1 on a host that was killed")  # left by a SIGKILL: unlocked
+    claim(path)
+    assert lock.read_text().startswith(f"pid {os.getpid()} ")
+    release_all()
+    assert not lock.exists()
+
+
+def test_a_failed_first_commit_does_not_promise_a_resume(tmp_path, monkeypatch):
+    def full(self, path, image):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ResultWriter, "_replace", full)
+    w = ResultWriter(tmp_path / "r.h5", overwrite=False, attrs={})
+    with pytest.raises(WriteFailed, match=r"no checkpoint was committed yet \(nothing to resume\): start it "
+                                          r"again once there is room") as exc:
+        w.settle()
+    assert "--resume" not in str(exc.value)
+    assert list(tmp_path.iterdir()) == []

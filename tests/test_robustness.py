@@ -455,3 +455,65 @@ def test_a_rank_that_stops_responding_ends_the_job_naming_it(reference, tmp_path
     proc = launch(3, "run", "--resume", str(path), timeout=60)
     assert proc.returncode == 0, proc.stderr
     _same_run(reference, read(path))
+
+
+def _one_line_each(proc, message, ranks=3):
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == ranks and all(ln.startswith("ssfl-mpi: error: ") and message in ln for ln in lines), \
+        proc.stderr
+
+
+def test_an_unknown_allocator_setting_is_one_line_on_every_rank(tmp_path):
+    proc = launch(3, "run", *SMALL, "--rounds", "1", "--out", str(tmp_path / "r.h5"),
+                  env={"SSFL_MPI_MALLOC": "sytem"}, timeout=30)
+    assert proc.returncode == 2
+    _one_line_each(proc, "SSFL_MPI_MALLOC='sytem': use keep (the default")
+    assert list(tmp_path.iterdir()) == []
+    proc = launch(3, "run", *SMALL, "--rounds", "1", "--out", str(tmp_path / "r.h5"),
+                  env={"SSFL_MPI_MALLOC": "system"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert read(tmp_path / "r.h5")["attrs"]["malloc_keeps_freed"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["r.h5"]  # a finished run leaves no lock file
+
+
+def test_a_run_refused_after_claiming_its_output_leaves_nothing_behind(tmp_path):
+    """The sparsity check comes after rank 0 claimed --out (the model must be built first)."""
+    proc = launch(3, "run", *SMALL, "--rounds", "1", "--sparsity", "0.99999", "--out", str(tmp_path / "r.h5"),
+                  timeout=30)
+    assert proc.returncode == 2
+    _one_line_each(proc, "keeps 0 of the")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_before_any_checkpoint_says_what_to_do_instead_of_resume(tmp_path):
+    proc = launch(3, "run", *SMALL, "--rounds", "2", "--out", str(tmp_path / "r.h5"),
+                  env={"SSFL_MPI_TEST_FAULT": "diskfull:0:0"}, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssfl-mpi:")]
+    assert len(lines) == 3 and all("no checkpoint was committed yet (nothing to resume): start it again once "
+                                   "there is room" in ln and "--resume" not in ln for ln in lines), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("label,message", [(3.5, "a label is 3.5, not a class number"), (None, "list no users")])
+def test_bad_leaf_data_is_one_line_on_every_rank_and_stays_untouched(tmp_path, label, message):
+    import json
+
+    from .datagen import write_leaf
+
+    root = write_leaf("femnist", tmp_path / "d", writers=3)
+    f = next((root / "train").glob("*.json"))
+    d = json.loads(f.read_text())
+    if label is None:
+        for g in (root / "train").glob("*.json"):
+            g.write_text(json.dumps({"users": [], "num_samples": [], "user_data": {}}))
+    else:
+        d["user_data"][d["users"][0]]["y"][0] = label
+        f.write_text(json.dumps(d))
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    proc = launch(3, "run", "--dataset", "femnist", "--data-root", str(root), "--clients", "3",
+                  "--clients-per-round", "2", "--rounds", "1", "--out", str(tmp_path / "r.h5"), timeout=60)
+    assert proc.returncode == 2
+    _one_line_each(proc, message)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -110,6 +110,42 @@ def test_a_signal_between_two_cells_stops_the_sweep_resumably(tmp_path):
     assert "1 resumed, 1 already complete" in proc.stdout
 
 
+FAILING = """
+out_dir = "{out}"
+name = "r{{rounds}}"
+[base]
+clients = 8
+clients_per_round = 4
+local_epochs = 1
+threads = 1
+[axes]
+rounds = [3, 1, 2]
+"""
+
+
+def test_a_failed_cell_is_named_and_the_next_launch_goes_on_after_it(tmp_path):
+    """Client 5 sends NaN in round 2 (seed 0): cell 0 (3 rounds) fails, naming itself; the next launch
+    skips it, saying how to retry it, and runs the cells after it; --cell 0 retries it."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(FAILING.format(out=tmp_path / "out"))
+    proc = launch(3, "sweep", str(grid), env={"SSFL_MPI_TEST_FAULT": "nan:5:2"}, timeout=90)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssfl-mpi: error:")]
+    assert len(lines) == 3 and all(ln.startswith("ssfl-mpi: error: sweep cell 0 (r3): round 2: client 5")
+                                   for ln in lines), proc.stderr
+    failed = tmp_path / "out" / "r3.h5"
+    assert read(failed)["attrs"]["status"] == "failed"
+    before = failed.read_bytes()
+    proc = launch(3, "sweep", str(grid), env={"SSFL_MPI_TEST_FAULT": "nan:5:2"}, timeout=90)
+    assert proc.returncode == 1 and "sweep cell 2 (r2): round 2: client 5" in proc.stderr  # cell 1 ran
+    assert "cell 0 r3: failed in an earlier launch" in proc.stdout and "--cell 0" in proc.stdout
+    assert failed.read_bytes() == before
+    assert read(tmp_path / "out" / "r1.h5")["attrs"]["status"] == "complete"
+    proc = launch(3, "sweep", str(grid), "--cell", "0", timeout=90)  # the fault is gone: it resumes
+    assert proc.returncode == 0, proc.stderr
+    assert read(failed)["attrs"]["status"] == "complete"
+
+
 @pytest.mark.parametrize("text,message", [
     ('colour = "red"\n', "unknown keys ['colour']"),
     ('[base]\nlearning_rate = 0.1\n', "unknown run option 'learning_rate'"),
