@@ -226,7 +226,7 @@ class ResultWriter:
             a[key] = value
         rounds = self.f.create_group("rounds")
         for name, dtype in ROUND_FIELDS.items():
-            rounds.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
+            rounds.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,), fletcher32=True)
         self.commit()
 
     @classmethod
@@ -280,6 +280,7 @@ class ResultWriter:
             self.bulk_dirty = False
         if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
             self._fail(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        self.f.attrs["sha256_attrs"] = attrs_digest(self.f.attrs)
         self.f.flush()  # after the last change: the image is of what is flushed
         writes.append((self.path, self._image(bulk=False) if split else self.f.id.get_file_image()))
         if self._writer is None:
@@ -368,8 +369,9 @@ class ResultWriter:
         if "partition" in self.f:
             return
         g = self.f.create_group("partition")
-        g.create_dataset("client_sizes", data=np.asarray(sizes, dtype=np.int64))
-        g.create_dataset("label_counts", data=np.asarray(label_counts, dtype=np.int64))
+        for name, a in (("client_sizes", sizes), ("label_counts", label_counts)):
+            a = np.asarray(a, dtype=np.int64)
+            g.create_dataset(name, data=a, **_checked(a))
 
     def write_mask(self, kept: np.ndarray, layers: list[tuple[str, int, int]]) -> None:
         """The mask; written again at the end for methods whose mask changes (the final one)."""
@@ -379,7 +381,7 @@ class ResultWriter:
         if ck is not None and isinstance(ck.get("kept", getlink=True), h5py.SoftLink):
             old = ck["kept"][()]  # the checkpoint's mask was this one: keep it as its own copy
             del ck["kept"]
-            ck.create_dataset("kept", data=old, compression="gzip", shuffle=True)
+            ck.create_dataset("kept", data=old, compression="gzip", shuffle=True, **_checked(old))
         if "mask" in self.f:
             del self.f["mask"]
         g = self.f.create_group("mask")
@@ -419,16 +421,19 @@ class ResultWriter:
         g = self.f.create_group("checkpoint")
         g.attrs["round"] = int(row["round"])
         g.attrs["row"] = json.dumps({k: _plain(v) for k, v in row.items()})
-        g.create_dataset("vector", data=np.asarray(vector, dtype=np.float32))
+        g.attrs["sha256"] = _resume_digest(self.f.attrs.get("config", ""), g.attrs["round"], g.attrs["row"])
+        vector = np.asarray(vector, dtype=np.float32)
+        g.create_dataset("vector", data=vector, **_checked(vector))
         kept = np.asarray(kept, dtype=bool)
         if self.mask_flat is not None and np.array_equal(kept, self.mask_flat):
             g["kept"] = h5py.SoftLink("/mask/flat")  # a static mask is stored once
         else:
-            g.create_dataset("kept", data=kept, compression="gzip", shuffle=True)
+            g.create_dataset("kept", data=kept, compression="gzip", shuffle=True, **_checked(kept))
         if clients:
             c = g.create_group("clients")
             for name, a in clients.items():
-                c.create_dataset(name, data=a, **({"compression": "gzip", "shuffle": True} if a.dtype == bool else {}))
+                c.create_dataset(name, data=a, **_checked(a),
+                                 **({"compression": "gzip", "shuffle": True} if a.dtype == bool else {}))
         if commit:
             self.commit()
 
@@ -448,7 +453,7 @@ class ResultWriter:
         for name, value in state.items():
             if name in g:
                 del g[name]
-            g.create_dataset(name, data=value)
+            g.create_dataset(name, data=value, **_checked(np.asarray(value)))
 
     def close(self, status: str) -> None:
         if status not in STATUSES:
@@ -473,6 +478,25 @@ class ResultWriter:
                 self._writer.shutdown(wait=True)
             self.f.close()
             release(self.path)
+
+
+def _checked(a: np.ndarray) -> dict:
+    """HDF5's own per-chunk checksum (Fletcher-32): a flipped byte in the data is a read error, never
+    a wrong number (scalars and empty arrays cannot be chunked, so go without)."""
+    return {"fletcher32": True} if a.ndim and a.size else {}
+
+
+def attrs_digest(attrs) -> str:
+    """Of the root attributes (all but this one): HDF5 checksums data chunks, not attributes."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in attrs if k != "sha256_attrs"):
+        h.update(f"{key}={_plain(attrs[key])!r};".encode())
+    return h.hexdigest()
+
+
+def _resume_digest(config, round_, row) -> str:
+    """Of the attributes a resume continues from (HDF5 checksums data chunks, not attributes)."""
+    return hashlib.sha256(f"{_plain(config)}\n{int(round_)}\n{_plain(row)}".encode()).hexdigest()
 
 
 class Untrusted(UsageError):
@@ -508,9 +532,11 @@ def check_bulk(f: h5py.File, path: str, what: str = "") -> None:
                             f"file beside it")
     if _plain(f.attrs.get("schema")) != SCHEMA:
         return
+    if _plain(f.attrs.get("sha256_attrs")) != attrs_digest(f.attrs):
+        raise untrusted("has root attributes that are not the ones its run recorded (their sha256 differs)")
     try:
         found = bulk_digests(f)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         where = f" in {str(Path(path).parent / next(iter(links.values())).filename)!r}" if links else ""
         raise untrusted(f"holds bulk groups{where} that cannot be read ({_one_line(exc)})") from None
     for name, digest in found.items():
@@ -555,59 +581,78 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         return UsageError(f"--resume: {path!r} cannot be resumed: {defect}")
 
     with f:
-        if f.attrs.get("schema") != SCHEMA or "config" not in f.attrs:
-            raise UsageError(f"--resume: {path!r} is not an ssfl-mpi result file of schema {SCHEMA!r} "
-                             f"(schema {_plain(f.attrs.get('schema'))!r}); resume it with the version "
-                             f"that wrote it")
-        status = _plain(f.attrs.get("status"))
-        if status not in STATUSES:
-            raise bad(f"unknown status {status!r}")
         try:
-            config = json.loads(_plain(f.attrs["config"]))
-        except (ValueError, TypeError):
-            raise bad("its stored config is not JSON") from None
-        if not isinstance(config, dict) or not isinstance(config.get("rounds"), int):
-            raise bad("its stored config has no round count")
-        if "checkpoint" not in f:
-            raise bad("it holds no checkpoint (it was stopped before the setup finished); start it again "
-                      "with --overwrite")
-        check_bulk(f, path, "--resume: ")
-        g = f["checkpoint"]
-        try:
-            round_ = int(g.attrs["round"])
-            row = json.loads(_plain(g.attrs["row"]))
-            vector, kept = g["vector"][()], g["kept"][()]
-            clients = {name: ds[()] for name, ds in g["clients"].items()} if "clients" in g else {}
-        except (KeyError, ValueError, TypeError, OSError) as exc:
-            raise bad(f"its checkpoint is incomplete or unreadable ({exc})") from None
-        if not 0 <= round_ <= config["rounds"]:
-            raise bad(f"its checkpoint is of round {round_}, outside 0..{config['rounds']}")
-        if not isinstance(row, dict) or row.get("round") != round_ or (
-                round_ > 0 and not CHECKPOINT_ROW_FIELDS <= set(row)):
-            raise bad(f"the row stored with its checkpoint does not belong to round {round_}")
-        if vector.ndim != 1 or vector.dtype != np.float32 or kept.ndim != 1 or kept.dtype != bool:
-            raise bad(f"its checkpoint holds a {vector.dtype} vector of shape {vector.shape} and a "
-                      f"{kept.dtype} mask of shape {kept.shape} (expected 1-D float32 and bool)")
-        if not np.isfinite(vector).all():
-            raise bad(f"its checkpoint vector holds {int((~np.isfinite(vector)).sum())} NaN/Inf values")
-        if "rounds" not in f or "round" not in f["rounds"]:
-            raise bad("it has no /rounds")
-        done = f["rounds"]["round"][()]
-        if not np.array_equal(done, np.arange(1, len(done) + 1)):
-            raise bad("its /rounds/round is not 1, 2, ...")
-        if len(done) < round_ - 1:
-            raise bad(f"its checkpoint is of round {round_} but it holds only {len(done)} rows")
-        lengths = {name: f["rounds"][name].shape[0] for name in f["rounds"]}
-        if set(lengths) != set(ROUND_FIELDS) or len(set(lengths.values())) != 1:
-            raise bad("its /rounds columns are missing or of unequal length")
-        rewritten = [Path(path)] + [companion(Path(path))] * any(
-            isinstance(f.get(name, getlink=True), h5py.ExternalLink) for name in BULK)
-    for p in rewritten:  # mode bits too: root may write anything, but a read-only file says "keep"
+            out = _read_checkpoint(f, path, bad)
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # HDF5's checksums, structure
+            raise bad(f"it is damaged ({_one_line(exc)})") from None
+    for p in out.pop("rewritten"):  # mode bits too: root may write anything, but a read-only file says "keep"
         if not os.stat(p).st_mode & stat.S_IWUSR or not os.access(p, os.W_OK):
             raise bad(f"{str(p)!r} is read-only and a resume rewrites it: make it writable (chmod u+w) "
                       f"or resume a copy")
+    return out
+
+
+def _touch(name: str, obj) -> None:
+    for key in obj.attrs:
+        obj.attrs[key]
+    if isinstance(obj, h5py.Dataset):
+        obj[()]
+
+
+def _read_checkpoint(f: h5py.File, path: str, bad) -> dict:
+    if f.attrs.get("schema") != SCHEMA or "config" not in f.attrs:
+        raise UsageError(f"--resume: {path!r} is not an ssfl-mpi result file of schema {SCHEMA!r} "
+                         f"(schema {_plain(f.attrs.get('schema'))!r}); resume it with the version "
+                         f"that wrote it")
+    status = _plain(f.attrs.get("status"))
+    if status not in STATUSES:
+        raise bad(f"unknown status {status!r}")
+    try:
+        config = json.loads(_plain(f.attrs["config"]))
+    except (ValueError, TypeError):
+        raise bad("its stored config is not JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("rounds"), int):
+        raise bad("its stored config has no round count")
+    if "checkpoint" not in f:
+        raise bad("it holds no checkpoint (it was stopped before the setup finished); start it again "
+                  "with --overwrite")
+    check_bulk(f, path, "--resume: ")
+    g = f["checkpoint"]
+    try:
+        round_ = int(g.attrs["round"])
+        row = json.loads(_plain(g.attrs["row"]))
+        vector, kept = g["vector"][()], g["kept"][()]
+        clients = {name: ds[()] for name, ds in g["clients"].items()} if "clients" in g else {}
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        raise bad(f"its checkpoint is incomplete or unreadable ({_one_line(exc)})") from None
+    if not 0 <= round_ <= config["rounds"]:
+        raise bad(f"its checkpoint is of round {round_}, outside 0..{config['rounds']}")
+    if not isinstance(row, dict) or row.get("round") != round_ or (
+            round_ > 0 and not CHECKPOINT_ROW_FIELDS <= set(row)):
+        raise bad(f"the row stored with its checkpoint does not belong to round {round_}")
+    if vector.ndim != 1 or vector.dtype != np.float32 or kept.ndim != 1 or kept.dtype != bool:
+        raise bad(f"its checkpoint holds a {vector.dtype} vector of shape {vector.shape} and a "
+                  f"{kept.dtype} mask of shape {kept.shape} (expected 1-D float32 and bool)")
+    if not np.isfinite(vector).all():
+        raise bad(f"its checkpoint vector holds {int((~np.isfinite(vector)).sum())} NaN/Inf values")
+    if "rounds" not in f or "round" not in f["rounds"]:
+        raise bad("it has no /rounds")
+    done = f["rounds"]["round"][()]
+    if not np.array_equal(done, np.arange(1, len(done) + 1)):
+        raise bad("its /rounds/round is not 1, 2, ...")
+    if len(done) < round_ - 1:
+        raise bad(f"its checkpoint is of round {round_} but it holds only {len(done)} rows")
+    lengths = {name: f["rounds"][name].shape[0] for name in f["rounds"]}
+    if set(lengths) != set(ROUND_FIELDS) or len(set(lengths.values())) != 1:
+        raise bad("its /rounds columns are missing or of unequal length")
+    f.visititems(_touch)  # everything a resume copies reads (chunk checksums, group structure)
+    if _plain(g.attrs.get("sha256")) != _resume_digest(f.attrs["config"], g.attrs["round"], g.attrs["row"]):
+        raise bad("its stored config, checkpoint round or checkpoint row is not what the run recorded "
+                  "(their sha256 differs)")
+    rewritten = [Path(path)] + [companion(Path(path))] * any(
+        isinstance(f.get(name, getlink=True), h5py.ExternalLink) for name in BULK)
     return {"config": config, "status": status, "round": round_, "row": row, "vector": vector,
-            "kept": kept, "clients": clients, "rows": len(done)}
+            "kept": kept, "clients": clients, "rows": len(done), "rewritten": rewritten}
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -617,27 +662,31 @@ def read(path: str | os.PathLike) -> dict:
     except OSError as exc:
         raise UsageError(f"cannot open result file {str(path)!r}: {exc}") from None
     with f:
-        if _plain(f.attrs.get("schema")) not in READABLE_SCHEMAS:
-            raise UsageError(f"{str(path)!r} is not an ssfl-mpi result file (schema "
-                             f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
-        if "bench" in f:
-            raise UsageError(f"{str(path)!r} is a benchmark file, not a run's result file")
-        check_bulk(f, str(path))
         try:
-            out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
-                   "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
-            config = json.loads(out["attrs"]["config"])
-            if not isinstance(config, dict):
-                raise ValueError("config is not a JSON object")
-            out["config"] = config
-            out["attrs"]["status"]  # noqa: B018 - presence check
-            for group in ("mask", "partition", "model", "checkpoint", "saliency"):
-                if group in f:
-                    out[group] = _arrays(f[group])
-        except (KeyError, ValueError, TypeError, OSError, AttributeError) as exc:
+            return _read(f, str(path))
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError, AttributeError) as exc:
             raise UsageError(f"{str(path)!r} is a damaged ssfl-mpi result file ({type(exc).__name__}: "
-                             f"{exc})") from None
-        return out
+                             f"{_one_line(exc)})") from None
+
+
+def _read(f: h5py.File, path: str) -> dict:
+    if _plain(f.attrs.get("schema")) not in READABLE_SCHEMAS:
+        raise UsageError(f"{path!r} is not an ssfl-mpi result file (schema "
+                         f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
+    if "bench" in f:
+        raise UsageError(f"{path!r} is a benchmark file, not a run's result file")
+    check_bulk(f, path)
+    out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
+           "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
+    config = json.loads(out["attrs"]["config"])
+    if not isinstance(config, dict):
+        raise ValueError("config is not a JSON object")
+    out["config"] = config
+    out["attrs"]["status"]  # noqa: B018 - presence check
+    for group in ("mask", "partition", "model", "checkpoint", "saliency"):
+        if group in f:
+            out[group] = _arrays(f[group])
+    return out
 
 
 def _arrays(group: h5py.Group) -> dict:

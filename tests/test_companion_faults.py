@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ssfl_mpi.results import Untrusted, bulk_digests, read
+from ssfl_mpi.errors import UsageError
+from ssfl_mpi.results import Untrusted, attrs_digest, bulk_digests, read
 
 from .launch import launch
 
@@ -54,9 +55,9 @@ def _swap_mask(path):
         f["mask/flat"][...] = m
 
 
-def _random_bytes(path):
+def _random_bytes(path, where=0.25):
     data = bytearray(path.read_bytes())
-    at = len(data) // 4
+    at = int(len(data) * where)
     data[at:at + 2048] = np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
 
@@ -69,6 +70,7 @@ def _nan_with_matching_digest(result, static):
         f["saliency/global"][...] = s
     with h5py.File(result, "r+") as f:
         f.attrs["sha256_saliency"] = bulk_digests(f)["saliency"]
+        f.attrs["sha256_attrs"] = attrs_digest(f.attrs)
 
 
 FAULTS = {
@@ -80,7 +82,15 @@ FAULTS = {
     "missing": (lambda r, s, runs: s.unlink(), "which is missing"),
     "saliency-nan": (lambda r, s, runs: _nan_with_matching_digest(r, s), "1 NaN/Inf values in /saliency/global"),
     "read-only": (lambda r, s, runs: (os.chmod(r, 0o444), os.chmod(s, 0o444)), "is read-only"),
+    # the result file itself: HDF5's chunk checksums, the recorded digests of its attributes
+    "result-random-bytes": (lambda r, s, runs: _random_bytes(r, 0.5), "cannot be resumed: it is damaged"),
+    "result-config-edited": (lambda r, s, runs: _edit_config(r), "root attributes that are not the ones"),
 }
+
+
+def _edit_config(path):
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = f.attrs["config"].replace('"lr": 0.1', '"lr": 0.7')
 
 
 def _state(folder):
@@ -99,7 +109,10 @@ def test_a_wrong_companion_is_refused_with_one_line_and_both_files_untouched(run
     assert len(lines) == 3 and all(ln.startswith("ssfl-mpi: error: --resume: ") and message in ln
                                    and str(result) in ln for ln in lines), lines
     assert _state(tmp_path) == before  # no lock file left behind either
-    if fault not in ("read-only",):  # the readers refuse it too; the table leaves it out, saying why
+    if fault == "result-random-bytes":  # damaged, not merely untrusted: read and table refuse it
+        with pytest.raises(UsageError, match="is a damaged ssfl-mpi result file"):
+            read(result)
+    elif fault != "read-only":  # the readers refuse it too; the table leaves it out, saying why
         with pytest.raises(Untrusted, match=re.escape(message)):
             read(result)
         proc = launch(1, "table", str(result), timeout=60)

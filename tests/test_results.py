@@ -208,3 +208,36 @@ def test_a_failed_first_commit_does_not_promise_a_resume(tmp_path, monkeypatch):
         w.settle()
     assert "--resume" not in str(exc.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("which", ["result", "companion"])
+def test_no_flipped_bit_in_a_killed_pair_goes_unnoticed(tmp_path, which):
+    """Every single-bit flip is refused by the readers or changes nothing they return (free space)."""
+    path = tmp_path / "r.h5"
+    w, kept, scores = _setup_writer(path, n=3000)
+    w.write_checkpoint({**_row(1), "round": 1}, vector=np.arange(int(kept.sum()), dtype=np.float32), kept=kept,
+                       commit=False)
+    w.append_round(_row(1))
+    w.settle()
+    w.f.close()  # killed
+    release(path)
+    target = path if which == "result" else companion(path)
+    original, good, ck = target.read_bytes(), read(path), read_checkpoint(path)
+    rng = np.random.default_rng(0)
+    refused = 0
+    for at in rng.integers(0, len(original), 150):
+        data = bytearray(original)
+        data[at] ^= 1 << int(rng.integers(0, 8))
+        target.write_bytes(bytes(data))
+        try:
+            out, again = read(path), read_checkpoint(path)
+        except UsageError:
+            refused += 1
+            continue
+        assert out["attrs"] == good["attrs"] and again["row"] == ck["row"], at
+        for group in ("rounds", "mask", "saliency", "partition"):
+            for key in good[group]:
+                a, b = out[group][key], good[group][key]
+                assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), (at, group, key)
+        assert np.array_equal(again["vector"], ck["vector"]) and np.array_equal(again["kept"], ck["kept"]), at
+    assert refused > 50
