@@ -24,11 +24,13 @@ from .results import ROUND_FIELDS, Untrusted, read
 NOT_COMPARED = set(RUNTIME_KEYS) | {"seed", "eval_every"}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
-# --metric NAME: (round column, what it is). "client" is the number the SSFL and DisPFL codes report.
+# --metric NAME: (round column, what it is). "acc" is the paper's number: the SSFL authors' code pools
+# correct/total over all clients' test splits, which together are the whole test set exactly once.
 METRICS = {
-    "acc": ("test_accuracy", "the global model's accuracy on the whole test set"),
+    "acc": ("test_accuracy", "the global model's accuracy on the whole test set (the paper's accuracy: the "
+            "SSFL authors' code pools all clients' test splits, which are the whole test set once)"),
     "client": ("client_accuracy", "the global model's accuracy on each client's own test split, "
-               "unweighted mean over clients (what the SSFL authors' and DisPFL's codes report)"),
+               "unweighted mean over clients (a per-client view of the global model, not the paper's number)"),
     "personal": ("personal_accuracy", "each client's own model (DisPFL's own weights; the global one inside "
                  "the client's own mask for LotteryFL and client-wise masks; the global one otherwise) on its own "
                  "test split, unweighted mean over clients"),

@@ -13,12 +13,13 @@ import torch
 from .errors import UsageError
 from .seeding import np_rng
 
-# Per-dataset channel statistics used by the torchvision reference pipelines.
+# Per-dataset channel statistics. CIFAR: the SSFL reference's own constants, digit for digit
+# (riohib/SSFL data_preprocessing/cifar{10,100}_partitioner.py; CIFAR-100's are 4-digit there).
 STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashionmnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
 DATA_SEED = 0  # the data set (digits test split, synthetic draw) does not change with --seed
 SYNTHETIC_GROUPS, SYNTHETIC_PER_GROUP, SYNTHETIC_DIM, SYNTHETIC_CLASSES = 30, 100, 60, 10

@@ -81,9 +81,9 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        # The reference's avg_pool2d(out, 4) on 32x32 inputs, where layer4 is 4x4; adaptive
-        # pooling is the same there and also takes other input sizes.
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        # The reference's avg_pool2d(out, 4) on 32x32 inputs, where layer4 is 4x4 (the same kernel,
+        # so the same arithmetic); a kernel of the whole map also takes other input sizes.
+        out = F.avg_pool2d(out, tuple(out.shape[-2:])).flatten(1)
         return self.linear(out)
 
 
@@ -148,7 +148,14 @@ def build(name: str, *, dataset: str, input_shape: tuple, n_classes: int, seed: 
     name = resolve(name, dataset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return BUILDERS[name](input_shape, n_classes)
+        net = BUILDERS[name](input_shape, n_classes)
+    buffers = [n for n, _ in net.named_buffers()]
+    if buffers:  # only parameters travel, aggregate and checkpoint: running statistics would drift unseen
+        raise UsageError(f"model {name!r} keeps state outside its parameters ({', '.join(buffers[:3])}"
+                         f"{', ...' if len(buffers) > 3 else ''}: BatchNorm running statistics, say), which "
+                         f"the rounds do not send, aggregate or checkpoint; use GroupNorm, as the paper's "
+                         f"ResNet-18 does, or a model without buffers")
+    return net
 
 
 def resolve(name: str, dataset: str) -> str:

@@ -417,8 +417,9 @@ class ServerBase:
 
     def _evaluate(self) -> dict:
         """The global model on the whole test set, and on each client's own split (unweighted
-        mean over clients: the accuracy the SSFL and DisPFL codes report); the personal accuracy
-        is the same number unless clients train in masks of their own."""
+        mean over clients); the first is the paper's accuracy (the SSFL code pools all clients' test
+        splits, the whole test set once). The personal accuracy is the second number unless
+        clients train in masks of their own."""
         s = self.s
         x, y = s.test
         correct, loss = predict(s.flat, x, y)

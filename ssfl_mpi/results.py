@@ -31,10 +31,12 @@ STATUSES = ("running", "complete", "interrupted", "failed")
 # /rounds/<name>: one entry per completed round. Units are in the names' documentation below.
 ROUND_FIELDS = {
     "round": np.int64,            # 1-based round number
-    "test_accuracy": np.float64,  # global model on the global test set, in [0, 1]; NaN if not evaluated
+    "test_accuracy": np.float64,  # global model on the global test set, in [0, 1] (the paper's
+                                  # accuracy: the SSFL code pools all clients' test splits, which are
+                                  # the whole test set once); NaN if not evaluated
     "client_accuracy": np.float64,  # unweighted mean over clients of the global model's accuracy on
-                                  # each client's own test split (the accuracy the SSFL and DisPFL
-                                  # codes report); NaN if not evaluated
+                                  # each client's own test split (a per-client view, not the
+                                  # paper's number); NaN if not evaluated
     "personal_accuracy": np.float64,  # the same with each client's own model (DisPFL: its own weights;
                                   # LotteryFL, client-wise masks: the global one inside its own mask):
                                   # equal to client_accuracy where all share one model

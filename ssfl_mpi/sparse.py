@@ -24,7 +24,7 @@ class FlatModel:
         named = list(self.model.named_parameters())
         self.names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
-        sizes = [p.numel() for _, p in named]
+        self.sizes = sizes = [p.numel() for _, p in named]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         total = int(self.offsets[-1])
         self.flat = torch.empty(total, dtype=torch.float32, device=device)

@@ -50,18 +50,26 @@ class LocalSpec:
 
 
 def sgd_step(w: torch.Tensor, g: torch.Tensor, multiplier: torch.Tensor | None, buf: torch.Tensor | None,
-             spec: LocalSpec, *, lr: float, anchor: torch.Tensor | None = None) -> torch.Tensor | None:
+             spec: LocalSpec, *, lr: float, anchor: torch.Tensor | None = None,
+             sizes: list[int] | None = None) -> torch.Tensor | None:
     """torch.optim.SGD after clip_grad_norm_, on one flat vector, with pruned coordinates held at 0.
 
     The reference does w <- w - lr * (grad(w*m) * m) and re-applies the mask; the gradient is
-    masked before clipping so that the norm is that of the trainable weights.
+    masked before clipping so that the norm is that of the trainable weights. `sizes` (the
+    parameters' sizes, in order) makes the clipping norm torch's own (the norm of the
+    per-parameter norms, as clip_grad_norm_ computes it): bit-identical to the reference's step.
     """
     if multiplier is not None:
         g.mul_(multiplier)
     if spec.prox_mu and anchor is not None:  # zero at pruned weights: both w and anchor are zero there
         g.add_(w - anchor, alpha=spec.prox_mu)
     if spec.grad_clip > 0:  # one client's vector, or one row per client (local_train_batched)
-        norm = torch.linalg.vector_norm(g) if g.dim() == 1 else torch.linalg.vector_norm(g, dim=1, keepdim=True)
+        if g.dim() == 1 and sizes is not None:
+            norm = torch.nn.utils.get_total_norm(list(g.split(sizes)))
+        elif g.dim() == 1:
+            norm = torch.linalg.vector_norm(g)
+        else:
+            norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
         g.mul_(torch.clamp(spec.grad_clip / (norm + 1e-6), max=1.0))
     if spec.weight_decay:
         g.add_(w, alpha=spec.weight_decay)
@@ -104,7 +112,7 @@ def local_train(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, spec: Loca
             loss.backward()
             if grad_sq is not None:
                 grad_sq.addcmul_(flat.grad, flat.grad)
-            buf = sgd_step(w, flat.grad, multiplier, buf, spec, lr=lr, anchor=anchor)
+            buf = sgd_step(w, flat.grad, multiplier, buf, spec, lr=lr, anchor=anchor, sizes=flat.sizes)
             alive()
             total += loss.detach() * len(idx)  # stays on the device: no sync per step
             seen += len(idx)

@@ -142,3 +142,19 @@ def test_digits_read_without_scikit_learn_are_scikit_learns():
     images, target = digits_arrays()
     bunch = load_digits()
     assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+
+
+def test_a_model_with_buffers_is_refused_in_one_line(monkeypatch):
+    """BatchNorm's running statistics are not parameters: nothing would send, average or checkpoint them."""
+    monkeypatch.setitem(models.BUILDERS, "bn-cnn", lambda shape, n: nn.Sequential(
+        nn.Conv2d(shape[0], 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(n)))
+    with pytest.raises(UsageError, match=r"model 'bn-cnn' keeps state outside its parameters \(1\.running_mean, "
+                                         r"1\.running_var, 1\.num_batches_tracked: BatchNorm") as exc:
+        models.build("bn-cnn", dataset="digits", input_shape=(1, 8, 8), n_classes=10, seed=0)
+    assert "\n" not in str(exc.value)
+    for name in models.BUILDERS:  # every shipped model is parameters only
+        if name != "bn-cnn":
+            ds, shape, n = {"mlp": ("synthetic", (60,), 10), "char-lstm": ("shakespeare", (80,), 80),
+                            "femnist-cnn": ("femnist", (1, 28, 28), 62), "cnn": ("digits", (1, 8, 8), 10)
+                            }.get(name, ("cifar10", (3, 32, 32), 10))
+            assert not list(models.build(name, dataset=ds, input_shape=shape, n_classes=n, seed=0).buffers())

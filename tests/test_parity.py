@@ -174,3 +174,65 @@ def test_per_client_accuracy_is_the_unweighted_mean_over_clients():
     per_client = [correct[owner == c].double().mean().item() for c in range(7) if (owner == c).any()]
     assert split_accuracy(correct, owner, 7) == pytest.approx(sum(per_client) / len(per_client), rel=1e-12)
     assert len(per_client) == 6
+
+
+@pytest.mark.parametrize("momentum,clip", [(0.0, 10.0), (0.9, 0.5)])
+def test_six_masked_local_steps_are_bit_identical_to_the_references_formulas(momentum, clip):
+    """The reference's local step: forward, cross-entropy, backward, the gradient of w*m (grad * m),
+    torch.nn.utils.clip_grad_norm_(parameters, clip), torch.optim.SGD(lr, momentum, weight
+    decay).step(), the mask applied again. Six steps of local_train against it, bit for bit
+    (clip 0.5 makes the clipping bite on every step)."""
+    from ssfl_mpi.sparse import make_mask, topk_mask
+    from ssfl_mpi.training import local_train
+
+    ds = data.load("digits", root="data", download=False)
+    x, y = ds.train_subset(np.arange(48))
+    net = models.build("cnn", dataset="digits", input_shape=ds.input_shape, n_classes=10, seed=4)
+    flat = FlatModel(copy.deepcopy(net))
+    mask = make_mask(flat, topk_mask(torch.rand(flat.n_prunable, generator=torch.Generator().manual_seed(5)),
+                                     n_keep(0.5, flat.n_prunable)))
+    flat.flat.detach().mul_(mask.multiplier)
+    spec = LocalSpec(epochs=1, batch_size=8, lr=0.1, momentum=momentum, weight_decay=5e-4, grad_clip=clip)
+    local_train(flat, x, y, spec=spec, multiplier=mask.multiplier, gen=torch.Generator().manual_seed(6))
+
+    ref = copy.deepcopy(net)
+    m = {name: mask.multiplier[lo:hi].view(shape) for name, lo, hi, shape in
+         zip(flat.names, flat.offsets[:-1], flat.offsets[1:], flat.shapes)}
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.mul_(m[name])
+    opt = torch.optim.SGD(ref.parameters(), lr=spec.lr, momentum=momentum, weight_decay=spec.weight_decay)
+    order = torch.randperm(48, generator=torch.Generator().manual_seed(6))
+    ref.train()
+    for i in range(0, 48, 8):
+        opt.zero_grad()
+        nn.functional.cross_entropy(ref(x[order[i:i + 8]]), y[order[i:i + 8]]).backward()
+        for name, p in ref.named_parameters():
+            p.grad.mul_(m[name])
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+        opt.step()
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                p.mul_(m[name])
+    expected = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
+    assert torch.equal(flat.flat.detach(), expected)
+
+
+def test_resnet18_forward_is_the_references_with_avg_pool2d_4_and_its_normalization():
+    """Its forward written out as the reference's ResNet (api/model/resnet.py): conv1, GN, relu,
+    layer1-4, F.avg_pool2d(out, 4), flatten, linear; bit for bit on CIFAR-shaped input normalized with
+    the reference's exact constants."""
+    import torch.nn.functional as F
+
+    net = models.build("resnet18", dataset="cifar10", input_shape=(3, 32, 32), n_classes=10, seed=1)
+    net.eval()
+    mean, std = data.STATS["cifar10"]
+    assert mean == (0.49139968, 0.48215827, 0.44653124) and std == (0.24703233, 0.24348505, 0.26158768)
+    assert data.STATS["cifar100"] == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    raw = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = TF.normalize(raw, list(mean), list(std))
+    with torch.no_grad():
+        out = F.relu(net.bn1(net.conv1(x)))
+        out = net.layer4(net.layer3(net.layer2(net.layer1(out))))
+        expected = net.linear(F.avg_pool2d(out, 4).view(out.size(0), -1))
+        assert torch.equal(net(x), expected)
