@@ -31,6 +31,9 @@ METRICS = {
             "SSFL authors' code pools all clients' test splits, which are the whole test set once)"),
     "client": ("client_accuracy", "the global model's accuracy on each client's own test split, "
                "unweighted mean over clients (a per-client view of the global model, not the paper's number)"),
+    "local": ("local_accuracy", "each client's last local model (the one it sent up the last time it trained) on "
+              "its own test split, unweighted mean over the clients that have trained (the SSFL code's "
+              "\"personal\" accuracy; static-mask methods)"),
     "personal": ("personal_accuracy", "each client's own model (DisPFL's own weights; the global one inside "
                  "the client's own mask for LotteryFL and client-wise masks; the global one otherwise) on its own "
                  "test split, unweighted mean over clients"),

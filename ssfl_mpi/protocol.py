@@ -429,6 +429,13 @@ class ServerBase:
         return {"test_accuracy": float(correct.double().mean()), "test_loss": loss / len(y),
                 "client_accuracy": clients, "personal_accuracy": personal}
 
+    def _score_local_models(self, r: int) -> None:
+        """Evaluate round r's clients' local models on their own test splits (protocols that keep them)."""
+
+    def _local_accuracy(self) -> float:
+        """Unweighted mean over clients of their last local model's accuracy; NaN where not kept."""
+        return float("nan")
+
     def _personal(self) -> float:
         """Each client's own model on its own split, unweighted mean over clients."""
         s = self.s
@@ -453,6 +460,9 @@ class ServerBase:
         cfg = self.cfg
         r = row["round"]
         t0 = time.perf_counter()
+        self._score_local_models(r)  # part of the state after round r: before its checkpoint
+        local_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if checkpoint:
             vector, kept = self._state()
             self.writer.write_checkpoint(dict(row), vector=vector, kept=kept, clients=self._client_arrays(),
@@ -460,11 +470,12 @@ class ServerBase:
         checkpoint_s = time.perf_counter() - t0
         self._load_global()
         nan = float("nan")
-        metrics = {"test_accuracy": nan, "test_loss": nan, "client_accuracy": nan, "personal_accuracy": nan}
+        metrics = {"test_accuracy": nan, "test_loss": nan, "client_accuracy": nan, "personal_accuracy": nan,
+                   "local_accuracy": nan}
         if r % cfg.eval_every == 0 or r == cfg.rounds:
             t0 = time.perf_counter()
-            metrics = self._evaluate()
-            metrics["time_eval"] = time.perf_counter() - t0
+            metrics = {**self._evaluate(), "local_accuracy": self._local_accuracy()}
+            metrics["time_eval"] = time.perf_counter() - t0 + local_s
         row.update({"time_eval": 0.0, **metrics})
         t0 = time.perf_counter()
         self.writer.append_round(row)

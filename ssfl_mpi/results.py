@@ -21,7 +21,7 @@ import numpy as np
 from .errors import UsageError, WriteFailed
 from .lifecycle import poisoned
 
-# 5: run_id and sha256_<group> of the bulk groups (checked by read and --resume); 4:
+# 5: local_accuracy; run_id and sha256_<group> of the bulk groups (checked by read and --resume); 4:
 # time_compute_mean/pack/wait/aggregate/commit, startup_s, setup_s; 3: density_up/down,
 # /checkpoint/clients; 2: client_accuracy, time_eval, /saliency
 SCHEMA = "ssfl-mpi/5"
@@ -40,6 +40,10 @@ ROUND_FIELDS = {
     "personal_accuracy": np.float64,  # the same with each client's own model (DisPFL: its own weights;
                                   # LotteryFL, client-wise masks: the global one inside its own mask):
                                   # equal to client_accuracy where all share one model
+    "local_accuracy": np.float64,  # each client's last local model (what it sent up the last time it
+                                  # trained) on its own test split, unweighted mean over the clients
+                                  # that have trained: the SSFL code's "personal" accuracy; static-mask
+                                  # methods (NaN for the others, and when not evaluated)
     "test_loss": np.float64,      # mean cross-entropy on the test set; NaN if not evaluated
     "train_loss": np.float64,     # n_k-weighted mean of the sampled clients' local training loss
     "bytes_up": np.int64,         # payload bytes the round's clients send: float32 values, plus
@@ -561,7 +565,7 @@ def _one_line(exc: Exception) -> str:
 
 # The row a checkpoint carries: everything known before evaluation.
 CHECKPOINT_ROW_FIELDS = set(ROUND_FIELDS) - {"test_accuracy", "test_loss", "client_accuracy",
-                                             "personal_accuracy", "time_eval"}
+                                             "personal_accuracy", "local_accuracy", "time_eval"}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

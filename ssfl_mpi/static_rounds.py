@@ -17,7 +17,7 @@ from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, l
                        report_rss, send_meta, worker_rounds)
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack
-from .training import local_train, local_train_batched
+from .training import local_train, local_train_batched, predict
 
 
 class StaticServer(ServerBase):
@@ -32,9 +32,35 @@ class StaticServer(ServerBase):
             self.global_np = pack(s.flat.flat, mask.send_idx).cpu().numpy()
         self.recv = np.empty(s.cfg.clients_per_round * mask.payload, dtype=np.float32)
         self.local = StaticWorker(s, mask, resume) if s.cfg.server_trains else None
+        # Each client's last local model's accuracy on its own test split (NaN until it trains): the
+        # SSFL code's "personal" accuracy. Checkpointed, as per-client state.
+        kept = (resume.clients or {}).get("local_accuracy") if resume else None
+        self.local_acc = kept[:, 0].astype(np.float64) if kept is not None else np.full(s.cfg.clients, np.nan)
+        self._trained: tuple | None = None  # (round, [(client, row)]) of the last aggregate's updates
 
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
         return self.global_np.copy(), self.mask.kept.cpu().numpy()
+
+    def _client_arrays(self) -> dict[str, np.ndarray]:
+        return {"local_accuracy": self.local_acc[:, None].copy()}
+
+    def _score_local_models(self, r: int) -> None:
+        """The updates of round r are still in the receive buffer (the next gather comes after)."""
+        if self._trained is None or self._trained[0] != r:
+            return  # a resumed run's checkpointed round: its scores are in the checkpoint
+        s = self.s
+        x, y = s.test
+        for cid, update in self._trained[1]:
+            idx = np.flatnonzero(s.test_owner == cid)
+            if len(idx):
+                unpack(update.to(s.device), self.mask.send_idx, s.flat.flat)
+                correct, _ = predict(s.flat, x[idx], y[idx])
+                self.local_acc[cid] = float(correct.double().mean())
+        self._trained = None
+
+    def _local_accuracy(self) -> float:
+        scored = self.local_acc[np.isfinite(self.local_acc)]
+        return float(scored.mean()) if len(scored) else float("nan")
 
     def _round(self, r: int) -> dict:
         comm = self.s.comm
@@ -54,6 +80,7 @@ class StaticServer(ServerBase):
         good = [i for i in order if self._finite_or_skip(r, int(cids[i]), rows[i], rank=plan.rank_of[int(cids[i])])]
         if good:  # with every update skipped, the global model stays as it was
             weighted_average([rows[i] for i in good], meta["n_samples"][good], out=torch.from_numpy(self.global_np))
+        self._trained = (r, [(int(cids[i]), rows[i]) for i in good])
         payload_bytes = self.mask.payload * self.global_np.itemsize * len(order)
         row.update(bytes_up=int(updates.nbytes), bytes_down=payload_bytes, meta_bytes_up=0,
                    meta_bytes_down=0, masks_bitmap=0, masks_indices=0, mask_changes=0,

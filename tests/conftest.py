@@ -29,7 +29,8 @@ def pytest_collection_modifyitems(config, items):
             continue  # the module marks itself
         if Path(str(item.fspath)).parent.name == "mpi":
             item.add_marker(pytest.mark.mpi)
-        elif module is not None and getattr(module, "launch", None) is launch_module.launch:
-            item.add_marker(pytest.mark.multirank)
+        elif module is not None and (getattr(module, "launch", None) is launch_module.launch
+                                     or getattr(module, "mpiexec", None) is launch_module.mpiexec):
+            item.add_marker(pytest.mark.multirank)  # it starts mpiexec, directly or through a script
         else:
             item.add_marker(pytest.mark.unit)

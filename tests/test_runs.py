@@ -147,3 +147,60 @@ def test_bench_comm_writes_every_transport_with_honest_bytes(tmp_path):
     assert b["bytes_up"][6] == 5000 * 8 * clients  # int32 index + float32 value
     assert np.allclose(b["mb_per_s"], (b["bytes_up"] + b["bytes_down"]) / b["median_s"] / 1e6)
     assert "packed" in proc.stdout and "vs dense" in proc.stdout
+
+
+@pytest.mark.parametrize("method", ["fedavg", "ssfl"])
+def test_local_accuracy_is_each_clients_last_local_model_on_its_own_split(tmp_path, method, request):
+    """The SSFL code's "personal" accuracy, recomputed here client by client from the run's own
+    recipe: every client's local training of round 2 from round 1's aggregate (all clients sampled),
+    its model on its own test split, unweighted mean; equal to the stored number bit for bit."""
+    import copy
+
+    import torch
+
+    from ssfl_mpi import data, models
+    from ssfl_mpi.config import make_config
+    from ssfl_mpi.partition import label_counts, proportional_test_split, split_for
+    from ssfl_mpi.protocol import local_spec
+    from ssfl_mpi.seeding import np_rng, torch_gen, torch_seed
+    from ssfl_mpi.sparse import FlatModel, make_mask, unpack
+    from ssfl_mpi.training import local_train, predict
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(1)  # as the ranks (--threads 1): the same arithmetic
+    path = tmp_path / "r.h5"
+    options = ["--method", method, "--clients", "4", "--clients-per-round", "4", "--rounds", "2",
+               "--local-epochs", "1", "--threads", "1"]
+    proc = launch(3, "run", *options, "--eval-every", "2", "--out", str(path))
+    assert proc.returncode == 0, proc.stderr
+    r = read(path)
+    assert np.isnan(r["rounds"]["local_accuracy"][0]) and np.isfinite(r["rounds"]["local_accuracy"][1])
+    # round 1's aggregate, from a run of one round
+    one = tmp_path / "one.h5"
+    assert launch(2, "run", *options[:-6], "--rounds", "1", *options[-4:], "--out", str(one)).returncode == 0
+    first = read(one)
+    cfg = make_config({"method": method, "clients": 4, "clients_per_round": 4, "rounds": 2, "local_epochs": 1}, {})
+    ds = data.load("digits", root="data", download=False)
+    parts = split_for(cfg, ds)
+    net = models.build("cnn", dataset="digits", input_shape=ds.input_shape, n_classes=10,
+                       seed=torch_seed(cfg.seed, "init"))
+    flat = FlatModel(net)
+    kept = torch.from_numpy(first["mask"]["flat"]) if "mask" in first else torch.ones(flat.n_prunable, dtype=bool)
+    mask = make_mask(flat, kept)
+    global_flat = torch.cat([torch.from_numpy(first["model"][n]).reshape(-1) for n in flat.names])
+    x_test, y_test = ds.test_set()
+    owner = proportional_test_split(y_test.numpy(), label_counts(ds.train_labels, parts, ds.n_classes),
+                                    np_rng(cfg.seed, "personal-split"))
+    accs = []
+    for cid in range(4):
+        flat.flat.detach().copy_(global_flat)
+        x, y = ds.train_subset(parts[cid])
+        local_train(flat, x, y, spec=local_spec(cfg, ds), multiplier=mask.multiplier if method == "ssfl" else None,
+                    gen=torch_gen(cfg.seed, "shuffle", cid, 2), round_=2)
+        trained = copy.deepcopy(flat.flat.detach())
+        unpack(trained[mask.send_idx], mask.send_idx, flat.flat)
+        idx = np.flatnonzero(owner == cid)
+        correct, _ = predict(flat, x_test[idx], y_test[idx])
+        accs.append(float(correct.double().mean()))
+    assert r["rounds"]["local_accuracy"][1] == np.mean(accs)
+    assert r["checkpoint"]["clients"]["local_accuracy"][:, 0].tolist() == accs
