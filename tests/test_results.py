@@ -225,7 +225,7 @@ def test_no_flipped_bit_in_a_killed_pair_goes_unnoticed(tmp_path, which):
     original, good, ck = target.read_bytes(), read(path), read_checkpoint(path)
     rng = np.random.default_rng(0)
     refused = 0
-    for at in rng.integers(0, len(original), 150):
+    for at in rng.integers(0, len(original), 80):
         data = bytearray(original)
         data[at] ^= 1 << int(rng.integers(0, 8))
         target.write_bytes(bytes(data))
@@ -240,4 +240,4 @@ def test_no_flipped_bit_in_a_killed_pair_goes_unnoticed(tmp_path, which):
                 a, b = out[group][key], good[group][key]
                 assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), (at, group, key)
         assert np.array_equal(again["vector"], ck["vector"]) and np.array_equal(again["kept"], ck["kept"]), at
-    assert refused > 50
+    assert refused > 25
