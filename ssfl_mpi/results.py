@@ -560,6 +560,8 @@ def check_bulk(f: h5py.File, path: str, what: str = "") -> None:
 
 
 def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.errno:  # HDF5's text around an errno is a paragraph
+        return os.strerror(exc.errno)
     return " ".join(str(exc).split())
 
 
