@@ -506,11 +506,12 @@ def _resume_digest(config, round_, row) -> str:
 
 
 class Untrusted(UsageError):
-    """A result file whose bulk groups (mask, saliency) are not the ones its run recorded."""
+    """A result file whose bulk groups (mask, saliency) or root attributes are not the ones its run
+    recorded, or whose companion is missing or another run's."""
 
 
-def check_bulk(f: h5py.File, path: str, what: str = "") -> None:
-    """The bulk groups are the run's own, as recorded at its last commit, wherever they are kept.
+def check_trusted(f: h5py.File, path: str, what: str = "") -> None:
+    """The bulk groups and root attributes are the run's own, as recorded at its last commit.
 
     A killed run's file reaches them in its companion NAME.static: the companion must exist, name
     the same run (run_id) and hold, group by group, the content whose sha256 the file recorded.
@@ -624,7 +625,7 @@ def _read_checkpoint(f: h5py.File, path: str, bad) -> dict:
     if "checkpoint" not in f:
         raise bad("it holds no checkpoint (it was stopped before the setup finished); start it again "
                   "with --overwrite")
-    check_bulk(f, path, "--resume: ")
+    check_trusted(f, path, "--resume: ")
     g = f["checkpoint"]
     try:
         round_ = int(g.attrs["round"])
@@ -683,7 +684,7 @@ def _read(f: h5py.File, path: str) -> dict:
                          f"{_plain(f.attrs.get('schema'))!r}, expected {SCHEMA!r})")
     if "bench" in f:
         raise UsageError(f"{path!r} is a benchmark file, not a run's result file")
-    check_bulk(f, path)
+    check_trusted(f, path)
     out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()},
            "rounds": {k: f["rounds"][k][()] for k in f["rounds"]}}
     config = json.loads(out["attrs"]["config"])
