@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, MODELS, PLACEMENTS, REGROWTHS,
+from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, PLACEMENTS, REGROWTHS,
                      PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
-                     make_config, method_names)
+                     make_config, method_names, model_names)
 from .presets import list_presets, load_preset
 from .compare import METRICS
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE, Interrupted, RunError,
@@ -29,7 +29,7 @@ RUN_OPTIONS = [
     ("--method", method_names, "federated method (`ssfl-mpi presets` says one line on each)"),
     ("--dataset", DATASETS, "data set; digits and synthetic ship offline"),
     ("--data-root", str, "folder holding torchvision data sets"),
-    ("--model", MODELS, "model; auto picks by data set"),
+    ("--model", model_names, "model; auto picks by data set"),
     ("--clients", int, "number of virtual clients K"),
     ("--clients-per-round", int, "clients sampled each round M"),
     ("--rounds", int, "federated rounds R"),
@@ -93,8 +93,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="FILE.h5", help="continue an interrupted run from its result "
                    "file (its settings are used; flags may change only paths, threads, device)")
     for flag, kind, text in RUN_OPTIONS:
-        if kind is method_names:  # the registry's names, looked up only when a parser is built
-            p.add_argument(flag, choices=method_names(), default=argparse.SUPPRESS, help=text)
+        if kind in (method_names, model_names):  # the registries' names, looked up when a parser is built
+            p.add_argument(flag, choices=kind(), default=argparse.SUPPRESS, help=text)
         elif isinstance(kind, tuple):
             p.add_argument(flag, choices=kind, default=argparse.SUPPRESS, help=text)
         else:

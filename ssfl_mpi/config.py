@@ -17,7 +17,6 @@ LR_SCHEDULES = ("constant", "exp-round", "exp-round-shifted", "cosine-restarts")
 DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100", "femnist", "shakespeare")
 TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
 LEAF_DATASETS = ("femnist", "shakespeare")  # natural clients, read from LEAF's JSON files
-MODELS = ("auto", "mlp", "cnn", "resnet18", "resnet18-torchvision", "femnist-cnn", "char-lstm")
 PARTITIONS = ("auto", "iid", "dirichlet", "dirichlet-balanced", "pathological", "natural")
 SALIENCY_WEIGHTINGS = ("data-size", "uniform")
 # Kept torch-free (option errors stay fast); tests check them against saliency.py and data.py.
@@ -88,7 +87,7 @@ class Config:
     def __post_init__(self) -> None:
         _check_choice("method", self.method, method_names())
         _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("model", self.model, MODELS)
+        _check_choice("model", self.model, model_names())
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("saliency-weighting", self.saliency_weighting, SALIENCY_WEIGHTINGS)
         _check_choice("saliency-score", self.saliency_score, SALIENCY_SCORES)
@@ -223,6 +222,13 @@ def method_names() -> tuple[str, ...]:
     from .methods import names
 
     return names()
+
+
+def model_names() -> tuple[str, ...]:
+    """"auto" and the model registry's names (imports the model modules, hence torch)."""
+    from .models import names
+
+    return ("auto", *names())
 
 
 def _flag(name: str) -> str:

@@ -15,7 +15,7 @@ from . import methods
 from .protocol import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
 from .message_rounds import MessageServer, MessageWorker
-from .static_rounds import StaticServer, StaticWorker
+from .static_rounds import CLIENT_STATE, StaticServer, StaticWorker
 
 # Method.rounds -> (server, worker) of the protocol that runs it
 PROTOCOLS = {"static": (StaticServer, StaticWorker), "messages": (MessageServer, MessageWorker)}
@@ -48,7 +48,7 @@ def resumed_mask(s: Setup, resume: ResumePoint) -> Mask:
             error = (f"--resume: {str(resume.path)!r} cannot be resumed: its checkpoint vector holds "
                      f"{resume.vector.size} values, this method and mask need {expected}")
         else:
-            spec = method.client_state(s.cfg, s.flat) if method.rounds == "messages" else {}
+            spec = method.client_state(s.cfg, s.flat) if method.rounds == "messages" else CLIENT_STATE
             defect = check_arrays(spec, s.cfg.clients, resume.clients or {})
             if defect:
                 error = f"--resume: {str(resume.path)!r} cannot be resumed: {defect}"

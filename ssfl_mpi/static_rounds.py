@@ -20,6 +20,12 @@ from .sparse import Mask, pack, unpack
 from .training import local_train, local_train_batched, predict
 
 
+# The per-client state the server keeps (checkpointed with the run): each client's last local
+# model's accuracy on its own test split, -1 until the client has trained.
+CLIENT_STATE = {"local_accuracy": (np.float64, 1)}
+NOT_TRAINED = -1.0
+
+
 class StaticServer(ServerBase):
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         super().__init__(s, mask, resume)
@@ -32,10 +38,9 @@ class StaticServer(ServerBase):
             self.global_np = pack(s.flat.flat, mask.send_idx).cpu().numpy()
         self.recv = np.empty(s.cfg.clients_per_round * mask.payload, dtype=np.float32)
         self.local = StaticWorker(s, mask, resume) if s.cfg.server_trains else None
-        # Each client's last local model's accuracy on its own test split (NaN until it trains): the
-        # SSFL code's "personal" accuracy. Checkpointed, as per-client state.
+        # The SSFL code's "personal" accuracy, per client (CLIENT_STATE).
         kept = (resume.clients or {}).get("local_accuracy") if resume else None
-        self.local_acc = kept[:, 0].astype(np.float64) if kept is not None else np.full(s.cfg.clients, np.nan)
+        self.local_acc = kept[:, 0].copy() if kept is not None else np.full(s.cfg.clients, NOT_TRAINED)
         self._trained: tuple | None = None  # (round, [(client, row)]) of the last aggregate's updates
 
     def _state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +64,7 @@ class StaticServer(ServerBase):
         self._trained = None
 
     def _local_accuracy(self) -> float:
-        scored = self.local_acc[np.isfinite(self.local_acc)]
+        scored = self.local_acc[self.local_acc != NOT_TRAINED]
         return float(scored.mean()) if len(scored) else float("nan")
 
     def _round(self, r: int) -> dict:

@@ -115,3 +115,28 @@ def test_ssfl_with_5000_clients_same_mask_on_2_and_3_ranks_and_it_is_the_float64
     expected[np.argsort(-total.numpy(), kind="stable")[:k]] = True
     assert np.array_equal(runs[3]["mask"]["flat"], expected)
     assert np.allclose(runs[3]["saliency"]["global"], total.numpy(), rtol=1e-6, atol=0)
+
+
+def test_vgg11_a_model_in_one_file_trains_on_cifar_and_resumes(tmp_path):
+    """ssfl_mpi/models/vgg.py is the whole of VGG-11: --help, config validation and a run find it."""
+    from ssfl_mpi.config import Config
+    from ssfl_mpi.models import names
+
+    assert "vgg11" in names() and Config(model="vgg11").model == "vgg11"
+    assert "vgg11" in launch(1, "run", "--help").stdout
+    net = models.build("vgg11", dataset="cifar10", input_shape=(3, 32, 32), n_classes=10, seed=0)
+    convs = [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512), (512, 512), (512, 512), (512, 512)]
+    expected = sum(9 * i * o + o + 2 * o for i, o in convs) + 512 * 10 + 10  # conv + bias + GroupNorm, linear
+    flat = FlatModel(net)
+    assert flat.numel == expected == 9_231_114 and len(flat.prunable) == 9
+    write("cifar10", tmp_path, n_train=200, n_test=100, seed=2)
+    path = tmp_path / "vgg.h5"
+    args = ["run", "--dataset", "cifar10", "--model", "vgg11", "--data-root", str(tmp_path), "--clients", "4",
+            "--clients-per-round", "2", "--rounds", "2", "--local-epochs", "1", "--threads", "1", "--out", str(path)]
+    proc = launch(3, *args, env={**ENV, "SSFL_MPI_TEST_FAULT": "term:0:2"}, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    proc = launch(3, "run", "--resume", str(path), env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = read(path)
+    assert r["attrs"]["model"] == "vgg11" and r["attrs"]["n_params"] == expected
+    assert r["rounds"]["round"].tolist() == [1, 2] and np.isfinite(r["rounds"]["test_accuracy"]).all()

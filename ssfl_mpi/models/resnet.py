@@ -1,4 +1,4 @@
-"""Models: an MLP, a small CNN for 8x8/28x28 inputs, the paper's CIFAR ResNet-18 (GroupNorm), torchvision's variant."""
+"""The paper's CIFAR ResNet-18 (GroupNorm), as the SSFL authors build it, and torchvision's variant."""
 
 from __future__ import annotations
 
@@ -6,31 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UsageError
+from ..errors import UsageError
+from ._registry import model
 
-AUTO_MODEL = {"digits": "cnn", "synthetic": "mlp", "mnist": "cnn", "fashionmnist": "cnn",
-              "cifar10": "resnet18", "cifar100": "resnet18", "femnist": "femnist-cnn",
-              "shakespeare": "char-lstm"}
 GROUPS = 32  # GroupNorm groups, as the reference
-
-
-def mlp(input_shape: tuple, n_classes: int, hidden: int = 200) -> nn.Module:
-    n_in = 1
-    for d in input_shape:
-        n_in *= d
-    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
-
-
-def cnn(input_shape: tuple, n_classes: int) -> nn.Module:
-    if len(input_shape) != 3 or input_shape[1] % 4 or input_shape[2] % 4:
-        raise UsageError(f"model cnn needs image inputs with sides divisible by 4, got shape {input_shape}")
-    c, h, w = input_shape
-    return nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
-        nn.Linear(128, n_classes))
 
 
 class BasicBlock(nn.Module):
@@ -87,6 +66,7 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
+@model("resnet18")
 def resnet18(input_shape: tuple, n_classes: int) -> nn.Module:
     """The paper's ResNet-18 as the authors' code builds and initializes it."""
     if len(input_shape) != 3:
@@ -94,6 +74,7 @@ def resnet18(input_shape: tuple, n_classes: int) -> nn.Module:
     return CifarResNet(input_shape[0], n_classes)
 
 
+@model("resnet18-torchvision")
 def resnet18_torchvision(input_shape: tuple, n_classes: int) -> nn.Module:
     """torchvision's resnet18 with the same CIFAR stem and GroupNorm, and torchvision's own
     re-initialization of its convs (kaiming_normal, fan_out; the replaced stem keeps PyTorch's
@@ -106,57 +87,3 @@ def resnet18_torchvision(input_shape: tuple, n_classes: int) -> nn.Module:
     model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
-
-
-def femnist_cnn(input_shape: tuple, n_classes: int) -> nn.Module:
-    """LEAF's FEMNIST CNN: conv5x5-32, pool, conv5x5-64, pool, dense 2048, n_classes (62)."""
-    if tuple(input_shape) != (1, 28, 28):
-        raise UsageError(f"model femnist-cnn needs 1x28x28 images, got shape {input_shape}")
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 2048), nn.ReLU(), nn.Linear(2048, n_classes))
-
-
-class CharLSTM(nn.Module):
-    """LEAF's Shakespeare model: embedding 8, two LSTM(256) layers, dense over the vocabulary on the
-    last step."""
-
-    def __init__(self, vocab: int, embed: int = 8, hidden: int = 256, layers: int = 2):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.embed(x))
-        return self.head(out[:, -1])
-
-
-def char_lstm(input_shape: tuple, n_classes: int) -> nn.Module:
-    if len(input_shape) != 1:
-        raise UsageError(f"model char-lstm needs character sequences, got input shape {input_shape}")
-    return CharLSTM(n_classes)
-
-
-BUILDERS = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "resnet18-torchvision": resnet18_torchvision,
-            "femnist-cnn": femnist_cnn, "char-lstm": char_lstm}
-
-
-def build(name: str, *, dataset: str, input_shape: tuple, n_classes: int, seed: int) -> nn.Module:
-    """The same initial weights on every rank: built under a private copy of torch's RNG."""
-    name = resolve(name, dataset)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = BUILDERS[name](input_shape, n_classes)
-    buffers = [n for n, _ in net.named_buffers()]
-    if buffers:  # only parameters travel, aggregate and checkpoint: running statistics would drift unseen
-        raise UsageError(f"model {name!r} keeps state outside its parameters ({', '.join(buffers[:3])}"
-                         f"{', ...' if len(buffers) > 3 else ''}: BatchNorm running statistics, say), which "
-                         f"the rounds do not send, aggregate or checkpoint; use GroupNorm, as the paper's "
-                         f"ResNet-18 does, or a model without buffers")
-    return net
-
-
-def resolve(name: str, dataset: str) -> str:
-    return AUTO_MODEL[dataset] if name == "auto" else name
