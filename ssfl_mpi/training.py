@@ -64,10 +64,8 @@ def sgd_step(w: torch.Tensor, g: torch.Tensor, multiplier: torch.Tensor | None, 
     if spec.prox_mu and anchor is not None:  # zero at pruned weights: both w and anchor are zero there
         g.add_(w - anchor, alpha=spec.prox_mu)
     if spec.grad_clip > 0:  # one client's vector, or one row per client (local_train_batched)
-        if g.dim() == 1 and sizes is not None:
-            norm = torch.nn.utils.get_total_norm(list(g.split(sizes)))
-        elif g.dim() == 1:
-            norm = torch.linalg.vector_norm(g)
+        if g.dim() == 1:
+            norm = torch.nn.utils.get_total_norm(list(g.split(sizes or [g.numel()])))
         else:
             norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
         g.mul_(torch.clamp(spec.grad_clip / (norm + 1e-6), max=1.0))
