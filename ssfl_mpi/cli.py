@@ -7,9 +7,8 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, MASK_DISTRIBUTIONS, PLACEMENTS, REGROWTHS,
-                     PARTITIONS, SALIENCY_INPUTS, SALIENCY_SCORES, SALIENCY_WEIGHTINGS, TOPK_TIES, load_toml,
-                     make_config, method_names, model_names)
+from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, PLACEMENTS, PARTITIONS, load_toml,
+                     make_config, method_names, method_options, model_names)
 from .presets import list_presets, load_preset
 from .compare import METRICS
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE, Interrupted, RunError,
@@ -43,23 +42,8 @@ RUN_OPTIONS = [
     ("--alpha", float, "Dirichlet concentration (smaller: more label skew)"),
     ("--classes-per-client", int, "classes per client for the pathological partition"),
     ("--sparsity", float, "fraction of prunable weights removed, 0 <= S < 1"),
-    ("--saliency-batches", int, "minibatches Q per client for SSFL saliency"),
-    ("--saliency-weighting", SALIENCY_WEIGHTINGS, "SSFL score weights: n_k/n or uniform"),
-    ("--saliency-score", SALIENCY_SCORES, "Q > 1: |mean_q g_q * w| over the first Q minibatches of one "
-     "shuffle, or the reference's mean_q |g_q * w| over Q fresh first batches"),
-    ("--saliency-input", SALIENCY_INPUTS, "score unaugmented minibatches, or augmented ones as the "
-     "reference's training loader gives them"),
-    ("--topk-ties", TOPK_TIES, "SSFL/snip-single mask: exactly k weights (ties by index), or also every "
-     "tie at the k-th score (the reference)"),
     ("--augment-padding", AUGMENT_PADDINGS, "CIFAR random crop pads the raw image with black (reference), "
      "or the normalized one with 0 (the mean colour)"),
-    ("--mask-distribution", MASK_DISTRIBUTIONS, "random masks (random, random-clientwise, feddst's "
-     "start): global uniform, uniform per layer, or Erdos-Renyi-Kernel"),
-    ("--readjust-every", int, "feddst/prunefl: rounds between mask readjustments"),
-    ("--readjust-ratio", float, "feddst, dispfl (its a, 0.5 in the paper): fraction of active weights pruned and regrown, cosine-decayed"),
-    ("--neighbours", int, "dispfl: random other clients averaged with each sampled client"),
-    ("--regrow", REGROWTHS, "dispfl: regrow weights by dense-minibatch gradient magnitude, or at random"),
-    ("--powerprop-beta", float, "sparsyfed: powerpropagation exponent, W = sign(w)|w|^beta (>= 1)"),
     ("--prox-mu", float, "FedProx proximal term mu (0: off), any method"),
     ("--lr-schedule", LR_SCHEDULES, "constant; exp-round: lr*decay^round, round 1 first (reference); "
      "exp-round-shifted: lr*decay^(round-1); cosine-restarts: "
@@ -101,9 +85,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     p.add_argument("--download", action="store_true", default=argparse.SUPPRESS,
                    help="let torchvision download the data set (needs network)")
-    p.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help="topk: clients add what they did not send to their next update (residual kept per "
-                        "client, checkpointed)")
+    methods_group = p.add_argument_group("methods' own options (declared by each method; see methods/*.py)")
+    for name, (opt, owners) in method_options().items():
+        flag, text = "--" + name.replace("_", "-"), f"[{', '.join(owners)}] {opt.help} (default {opt.default})"
+        if opt.kind == "bool":
+            methods_group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                       help=text)
+        elif opt.choices:
+            methods_group.add_argument(flag, choices=opt.choices, default=argparse.SUPPRESS, help=text)
+        else:
+            methods_group.add_argument(flag, type=int if opt.kind == "int" else float if opt.kind == "float" else str,
+                                       default=argparse.SUPPRESS, help=text)
     p.add_argument("--server-trains", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="rank 0 trains clients too (balanced placement): -n C uses all C cores; the results "
                         "are the same")

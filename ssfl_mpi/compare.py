@@ -85,8 +85,7 @@ def variant(cfg: dict) -> str:
     (`Method.label`); a method this version does not know is labelled by its name."""
     from . import methods
 
-    known = methods.registry()
-    return known[cfg["method"]].label(cfg) if cfg["method"] in known else str(cfg["method"])
+    return methods.get(cfg["method"]).label(cfg) if cfg["method"] in methods.names() else str(cfg["method"])
 
 
 def check_run(path: str, d: dict) -> None:

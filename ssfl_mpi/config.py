@@ -12,26 +12,19 @@ from pathlib import Path
 
 from .errors import UsageError
 
-MASK_DISTRIBUTIONS = ("uniform", "layerwise", "erk")
 LR_SCHEDULES = ("constant", "exp-round", "exp-round-shifted", "cosine-restarts")
 DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100", "femnist", "shakespeare")
 TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
 LEAF_DATASETS = ("femnist", "shakespeare")  # natural clients, read from LEAF's JSON files
 PARTITIONS = ("auto", "iid", "dirichlet", "dirichlet-balanced", "pathological", "natural")
-SALIENCY_WEIGHTINGS = ("data-size", "uniform")
-# Kept torch-free (option errors stay fast); tests check them against saliency.py and data.py.
-SALIENCY_SCORES = ("abs-mean-grad", "mean-abs")
-SALIENCY_INPUTS = ("plain", "augmented")
-TOPK_TIES = ("exact-k", "keep-all")
 AUGMENT_PADDINGS = ("black", "mean")
 DEVICES = ("auto", "cpu", "cuda")
-REGROWTHS = ("gradient", "random")
 PLACEMENTS = ("balanced", "static")  # kept torch-free; a test checks them against placement.py
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
-    """Everything that defines a run. Saved whole (as JSON) into every result file."""
+class _Settings:
+    """The settings every run has. `Config` adds the methods' own options (methods/*.py) as fields."""
 
     method: str = "ssfl"
     dataset: str = "digits"
@@ -51,19 +44,7 @@ class Config:
     alpha: float = 0.3
     classes_per_client: int = 2
     sparsity: float = 0.5
-    saliency_batches: int = 1
-    saliency_weighting: str = "data-size"
-    saliency_score: str = "abs-mean-grad"  # |mean_q g_q * w|; "mean-abs": the reference's mean_q |g_q * w|
-    saliency_input: str = "plain"  # score unaugmented data; "augmented": the reference's loader batch
-    topk_ties: str = "exact-k"  # exactly k kept; "keep-all": also ties at the k-th score (reference)
     augment_padding: str = "black"  # crop padding: raw image padded black (reference), or "mean"
-    mask_distribution: str = "uniform"  # random masks (and FedDST's initial mask)
-    readjust_every: int = 10  # FedDST / PruneFL: rounds between mask changes
-    readjust_ratio: float = 0.2  # FedDST: fraction of active weights pruned and regrown at round 0
-    neighbours: int = 10  # DisPFL: random other clients averaged with each sampled client
-    regrow: str = "gradient"  # DisPFL: regrow by dense-minibatch gradient magnitude, or at random
-    powerprop_beta: float = 1.25  # SparsyFed: W = sign(w)|w|^beta
-    error_feedback: bool = False  # topk: add the unsent residual to the next update
     prox_mu: float = 0.0  # FedProx proximal term (0: off)
     lr_schedule: str = "constant"
     lr_decay: float = 0.998  # exp-round: lr * decay^(round-1)
@@ -89,23 +70,15 @@ class Config:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, model_names())
         _check_choice("partition", self.partition, PARTITIONS)
-        _check_choice("saliency-weighting", self.saliency_weighting, SALIENCY_WEIGHTINGS)
-        _check_choice("saliency-score", self.saliency_score, SALIENCY_SCORES)
-        _check_choice("saliency-input", self.saliency_input, SALIENCY_INPUTS)
-        _check_choice("topk-ties", self.topk_ties, TOPK_TIES)
         _check_choice("augment-padding", self.augment_padding, AUGMENT_PADDINGS)
         _check_choice("device", self.device, DEVICES)
-        _check_choice("mask-distribution", self.mask_distribution, MASK_DISTRIBUTIONS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("on-nonfinite", self.on_nonfinite, ("stop", "skip"))
-        _check_choice("regrow", self.regrow, REGROWTHS)
         _check_choice("placement", self.placement, PLACEMENTS)
         for name in ("clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
-                     "saliency_batches", "eval_every", "classes_per_client", "readjust_every", "checkpoint_every",
-                     "lr_period", "batch_clients"):
+                     "eval_every", "classes_per_client", "checkpoint_every", "lr_period", "batch_clients"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("threads", self.threads, minimum=0)
-        _check_int("neighbours", self.neighbours, minimum=0)
         _check_int("seed", self.seed, minimum=0)
         if self.clients_per_round > self.clients:
             raise UsageError(f"--clients-per-round ({self.clients_per_round}) must not exceed "
@@ -120,10 +93,8 @@ class Config:
             raise UsageError(f"--alpha must be > 0 (Dirichlet concentration), got {self.alpha}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        for name in ("readjust_ratio", "lr_decay", "lr_min", "powerprop_beta"):
+        for name in ("lr_decay", "lr_min"):
             _check_real(name, getattr(self, name))
-        if not 0 <= self.readjust_ratio <= 1:
-            raise UsageError(f"--readjust-ratio must be in [0, 1], got {self.readjust_ratio}")
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.lr_min < self.lr:
@@ -137,9 +108,10 @@ class Config:
             raise UsageError(f"--momentum must be < 1, got {self.momentum}")
         if self.synthetic_alpha < 0 or self.synthetic_beta < 0:
             raise UsageError("--synthetic-alpha and --synthetic-beta must be >= 0")
-        for name in ("error_feedback", "server_trains"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"--{_flag(name)} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.server_trains, bool):
+            raise UsageError(f"--server-trains must be true or false, got {self.server_trains!r}")
+        for name, (opt, _) in method_options().items():
+            _check_option(name, opt, getattr(self, name))
         if self.server_trains and self.placement == "static":
             raise UsageError("--server-trains needs --placement balanced (static placement keeps clients on "
                              "ranks 1..W)")
@@ -224,6 +196,13 @@ def method_names() -> tuple[str, ...]:
     return names()
 
 
+def method_options() -> dict:
+    """config key -> (Option, declaring methods) of every method's own settings (imports torch)."""
+    from .methods import options
+
+    return options()
+
+
 def model_names() -> tuple[str, ...]:
     """"auto" and the model registry's names (imports the model modules, hence torch)."""
     from .models import names
@@ -243,6 +222,24 @@ def _check_choice(name: str, value, choices) -> None:
 MAX_INT = 2 ** 53  # far beyond any real setting; keeps every count exact in int64 and float64
 
 
+def _check_option(name: str, opt, value) -> None:
+    """A method's option checked against its declaration, with the same messages as the shared settings."""
+    flag = _flag(name)
+    if opt.kind == "bool":
+        if not isinstance(value, bool):
+            raise UsageError(f"--{flag} must be true or false, got {value!r}")
+    elif opt.kind == "str":
+        _check_choice(flag, value, opt.choices) if opt.choices else None
+    elif opt.kind == "int":
+        _check_int(name, value, minimum=opt.minimum if opt.minimum is not None else -MAX_INT)
+    else:
+        _check_real(name, value)
+    if opt.kind in ("int", "float") and opt.maximum is not None and not opt.minimum <= value <= opt.maximum:
+        raise UsageError(f"--{flag} must be in [{opt.minimum:g}, {opt.maximum:g}], got {value}")
+    if opt.kind == "float" and opt.minimum is not None and value < opt.minimum:
+        raise UsageError(f"--{flag} must be >= {opt.minimum:g}, got {value}")
+
+
 def _check_int(name: str, value, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"--{_flag(name)} must be an integer, got {value!r}")
@@ -260,6 +257,18 @@ def _check_real(name: str, value) -> None:
 # Where and how a run executes, not what it computes: a resumed run may change these.
 RUNTIME_KEYS = ("data_root", "download", "threads", "device", "out", "overwrite", "checkpoint_every",
                 "liveness_timeout", "placement", "server_trains")
+
+def _with_method_options(base: type) -> type:
+    fields = [(name, opt.kind, dataclasses.field(default=opt.default))
+              for name, (opt, _) in method_options().items()]
+    cls = dataclasses.make_dataclass("Config", fields, bases=(base,), frozen=True, kw_only=True,
+                                     namespace={"__module__": __name__})
+    cls.__doc__ = ("Everything that defines a run: the shared settings and every method's own options. "
+                   "Saved whole (as JSON) into every result file.")
+    return cls
+
+
+Config = _with_method_options(_Settings)
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 

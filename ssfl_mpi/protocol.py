@@ -240,15 +240,15 @@ def find_mask(s: Setup) -> Mask:
                       saliency_batches=cfg.saliency_batches, saliency_weighting=cfg.saliency_weighting,
                       saliency_score=cfg.saliency_score, saliency_augment=augment, topk_ties=cfg.topk_ties,
                       mask_distribution=cfg.mask_distribution, spec=spec,
+                      input_shape=tuple(s.dataset.input_shape), cfg=cfg,
                       reduce_max=s.comm.allreduce_max, reduce_sum_=s.comm.allreduce_sum_)
     method = methods.get(cfg.method)
     with Phase(f"{cfg.method} mask on {s.comm.workers} worker rank(s)", announce=method.long_setup) as ph:
         mask = method.find_mask(ctx)
         ph.detail = f": {mask.n_kept:,} of {s.flat.n_prunable:,} prunable weights kept (density {mask.density:.4f})"
-    if cfg.method in ("ssfl", "snip-single") and mask.n_kept > ctx.k:
-        log.warning("setup: --topk-ties keep-all kept %d weights tied with the k-th score beyond the k = %d "
-                    "asked for (density %.4f instead of %.4f)", mask.n_kept - ctx.k, ctx.k, mask.density,
-                    cfg.density)
+    if method.sparse and mask.n_kept > ctx.k:  # SSFL's --topk-ties keep-all: ties at the k-th score kept
+        log.warning("setup: %s kept %d weights beyond the k = %d asked for (tied with the k-th score; density "
+                    "%.4f instead of %.4f)", cfg.method, mask.n_kept - ctx.k, ctx.k, mask.density, cfg.density)
     s.flat.flat.mul_(mask.multiplier)  # the pruned initial weights are zero from here on
     return mask
 
@@ -322,12 +322,7 @@ class ServerBase:
             self.writer.write_partition(self.s.sizes, self.s.label_counts)
             self._write_mask()
             if self.mask.scores is not None and not self.resume:
-                cfg = self.cfg
-                self.writer.write_saliency(self.mask.scores, {
-                    "what": "sum over clients of p_k * saliency_k (float32 of the exact fixed-point sum)",
-                    "weighting": cfg.saliency_weighting if cfg.method == "ssfl" else "client 0 only",
-                    "score": cfg.saliency_score, "input": cfg.saliency_input,
-                    "batches": cfg.saliency_batches, "topk_ties": cfg.topk_ties})
+                self.writer.write_saliency(self.mask.scores, self.method.mask_scores_attrs(self.cfg))
             if not self.resume:
                 # Round 0: the state before any training. From here on a stop or a kill always
                 # leaves a file that --resume accepts, however early it comes.

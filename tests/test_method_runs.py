@@ -22,13 +22,16 @@ def vals(n):
 def bitmap(n):
     return FIELD + (n + 7) // 8 + (-((n + 7) // 8)) % 8
 METHODS = names()
+# One static and every kind of message method, also run on 2 ranks (compared with 3).
+TWO_RANKS = ["feddst", "random-clientwise", "synflow", "random-k"]
+STATIC_SPARSE = [m for m in METHODS if get(m).rounds == "static" and get(m).sparse]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("methods")
     out = {}
-    cases = [(m, 3) for m in METHODS] + [("feddst", 2), ("random-clientwise", 2)]
+    cases = [(m, 3) for m in METHODS] + [(m, 2) for m in TWO_RANKS]
     for method, n in cases:
         path = d / f"{method}{n}.h5"
         proc = launch(n, "run", "--method", method, *SMALL, "--out", str(path))
@@ -55,13 +58,13 @@ def test_each_method_completes_with_a_valid_file(runs, method):
         assert kept.sum() == r["attrs"]["n_kept"]
         if method == "sparsyfed":  # the global model: the union of the clients' pruned models
             assert r["attrs"]["density"] >= 0.2
-        elif method == "topk" or not get(method).shared_mask:  # a dense global model
+        elif not get(method).prunes_model or not get(method).shared_mask:  # a dense global model
             assert r["attrs"]["density"] == 1.0
         else:
             assert r["attrs"]["density"] == pytest.approx(0.2, abs=0.01)
 
 
-@pytest.mark.parametrize("method", ["ssfl", "random", "magnitude", "snip-single", "feddst", "prunefl"])
+@pytest.mark.parametrize("method", STATIC_SPARSE + ["feddst", "prunefl"])
 def test_shared_mask_methods_end_with_pruned_weights_exactly_zero(runs, method):
     r = runs[method, 3]
     kept = r["mask"]["flat"]
@@ -70,7 +73,7 @@ def test_shared_mask_methods_end_with_pruned_weights_exactly_zero(runs, method):
     assert np.all(weights[~kept] == 0)
 
 
-@pytest.mark.parametrize("method", ["ssfl", "random", "magnitude", "snip-single"])
+@pytest.mark.parametrize("method", STATIC_SPARSE)
 def test_static_masks_send_values_only(runs, method):
     r = runs[method, 3]
     payload, _, _ = _values(r)
@@ -109,6 +112,20 @@ def test_feddst_changes_its_mask_only_on_readjustment_rounds_at_the_target_densi
     assert rounds["meta_bytes_up"].tolist() == [overhead, overhead + M * bitmap(n_prunable)] * 2
 
 
+def test_random_k_sends_k_values_and_no_positions(runs):
+    r = runs["random-k", 3]
+    a = r["attrs"]
+    k = int(np.floor(0.2 * a["n_params"] + 1e-9))
+    assert np.all(r["rounds"]["bytes_up"] == M * (TOP + vals(k)))
+    assert np.all(r["rounds"]["meta_bytes_up"] == M * (TOP + vals(k) - 4 * k))  # headers only
+    assert np.all(r["rounds"]["bytes_down"] == M * (TOP + vals(a["n_params"])))  # the dense model
+
+
+def test_synflow_charges_one_bitmap_per_client_at_setup(runs):
+    a = runs["synflow", 3]["attrs"]
+    assert (a["setup_bytes_up"], a["setup_bytes_down"]) == (0, 8 * ((a["n_prunable"] + 7) // 8))
+
+
 def test_prunefl_sends_importance_on_reconfiguration_rounds(runs):
     r = runs["prunefl", 3]
     payload, n_prunable, k = _values(r)
@@ -117,8 +134,8 @@ def test_prunefl_sends_importance_on_reconfiguration_rounds(runs):
     assert r["attrs"]["setup_bytes_up"] > 0
 
 
-@pytest.mark.parametrize("method", ["feddst", "random-clientwise"])
-def test_dynamic_methods_give_the_same_run_on_2_and_3_ranks(runs, method):
+@pytest.mark.parametrize("method", TWO_RANKS)
+def test_methods_give_the_same_run_on_2_and_3_ranks(runs, method):
     a, b = runs[method, 2], runs[method, 3]
     for key in ("test_accuracy", "personal_accuracy", "train_loss", "bytes_up", "bytes_down", "mask_changes"):
         assert np.array_equal(a["rounds"][key], b["rounds"][key]), key

@@ -30,6 +30,7 @@ from ..masks import random_mask
 from ..seeding import torch_gen
 from ..sparse import FlatModel, make_mask, n_keep, take, topk_mask
 from ..training import local_train
+from .base import READJUST_RATIO, Option
 from .messages import MessageMethod, apply_changes, load_masked
 
 
@@ -51,6 +52,12 @@ class DisPFL(MessageMethod):
     summary = "DisPFL: personal ERK masks, neighbour averaging, cosine prune-and-regrow (Dai et al. 2022)"
     shared_mask = False
     personalized = True
+    options = {
+        "neighbours": Option(10, "random other clients averaged with each sampled client", minimum=0),
+        "regrow": Option("gradient", "regrow weights by dense-minibatch gradient magnitude, or at random",
+                         choices=("gradient", "random")),
+        "readjust_ratio": READJUST_RATIO,
+    }
 
     def label(self, cfg: dict) -> str:
         part = "all clients" if cfg["clients_per_round"] == cfg["clients"] else "sampled"

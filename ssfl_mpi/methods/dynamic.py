@@ -19,7 +19,7 @@ from ..masks import magnitude_mask, random_mask, vote_mask
 from ..seeding import torch_gen
 from ..sparse import FlatModel, Mask, make_mask, n_keep, take, topk_mask
 from ..training import local_train
-from .base import MaskContext
+from .base import MASK_DISTRIBUTION, READJUST_EVERY, READJUST_RATIO, MaskContext
 from .messages import MessageMethod, load_masked
 from .static import RandomStatic
 
@@ -34,6 +34,7 @@ class RandomClientwise(MessageMethod):
     name = "random-clientwise"
     summary = "each client its own random mask; coordinates averaged over their holders"
     shared_mask = False
+    options = {"mask_distribution": MASK_DISTRIBUTION}
 
     def label(self, cfg: dict) -> str:
         return f"{cfg['method']} ({cfg['mask_distribution']})"
@@ -96,6 +97,8 @@ class FedDST(RandomClientwise):
     name = "feddst"
     summary = "FedDST: client prune-and-regrow, server vote (Bibikar et al. 2022)"
     shared_mask = True
+    options = {"mask_distribution": MASK_DISTRIBUTION, "readjust_every": READJUST_EVERY,
+               "readjust_ratio": READJUST_RATIO}
     regrows = True                # on readjustment rounds clients prune and regrow (FedDST)
     collects_importance = False   # or send squared-gradient importance instead (PruneFL)
 
@@ -202,6 +205,7 @@ class PruneFL(FedDST):
     name = "prunefl"
     summary = "PruneFL: one client prunes, periodic importance reconfiguration (Jiang et al. 2022)"
     long_setup = True
+    options = {"readjust_every": READJUST_EVERY}
     regrows = False
     collects_importance = True
 

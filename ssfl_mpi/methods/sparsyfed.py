@@ -31,6 +31,7 @@ from ..errors import UsageError
 from ..seeding import torch_gen
 from ..sparse import make_mask, n_keep, topk_mask
 from ..training import local_train
+from .base import Option
 from .messages import MessageMethod, prunable_density
 
 
@@ -105,6 +106,7 @@ def powerprop_layers(model: nn.Module) -> list[nn.Module]:
 class SparsyFed(MessageMethod):
     name = "sparsyfed"
     summary = "SparsyFed: powerpropagation, activation sparsity, per-round magnitude re-pruning"
+    options = {"powerprop_beta": Option(1.25, "powerpropagation exponent, W = sign(w)|w|^beta (>= 1)")}
 
     def check_config(self, cfg) -> str | None:
         if cfg.powerprop_beta < 1:

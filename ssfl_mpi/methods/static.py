@@ -12,11 +12,25 @@ import torch
 
 from ..errors import RunError
 from ..masks import magnitude_mask, random_mask
-from ..saliency import (WindowSum, check_client_count, client_saliency, client_weights, limbs_to_float,
-                        normalize_limbs, topk_limbs)
+from ..saliency import (INPUTS, SCORES, WindowSum, check_client_count, client_saliency, client_weights,
+                        limbs_to_float, normalize_limbs, topk_limbs)
 from ..seeding import torch_gen
 from ..sparse import Mask, dense_mask, make_mask
-from .base import MaskContext, Method
+from .base import MASK_DISTRIBUTION, MaskContext, Method, Option
+
+# SSFL's own settings (snip-single shares them).
+SALIENCY_OPTIONS = {
+    "saliency_batches": Option(1, "minibatches Q per client for the saliency", minimum=1),
+    "saliency_weighting": Option("data-size", "client score weights: n_k/n or uniform",
+                                 choices=("data-size", "uniform")),
+    "saliency_score": Option("abs-mean-grad", "Q > 1: |mean_q g_q * w| over the first Q minibatches of one "
+                             "shuffle, or the reference's mean_q |g_q * w| over Q fresh first batches",
+                             choices=SCORES),
+    "saliency_input": Option("plain", "score unaugmented minibatches, or augmented ones as the reference's "
+                             "training loader gives them", choices=INPUTS),
+    "topk_ties": Option("exact-k", "the mask: exactly k weights (ties by index), or also every "
+                        "tie at the k-th score (the reference)", choices=("exact-k", "keep-all")),
+}
 
 class FedAvg(Method):
     name = "fedavg"
@@ -36,6 +50,7 @@ class SSFL(Method):
     name = "ssfl"
     summary = "Salient Sparse FL: one global mask from size-weighted client |g*w| saliency"
     long_setup = True
+    options = SALIENCY_OPTIONS
 
     def label(self, cfg: dict) -> str:
         if cfg["method"] != "ssfl":
@@ -86,6 +101,14 @@ class SSFL(Method):
         """One-time deployment traffic: each client's dense float32 scores up, a bitmask down."""
         return n_clients * n_prunable * 4, n_clients * ((n_prunable + 7) // 8)
 
+    def mask_scores_attrs(self, cfg) -> dict:
+        return {"what": "sum over clients of p_k * saliency_k (float32 of the exact fixed-point sum)",
+                "weighting": self._weighting(cfg), "score": cfg.saliency_score, "input": cfg.saliency_input,
+                "batches": cfg.saliency_batches, "topk_ties": cfg.topk_ties}
+
+    def _weighting(self, cfg) -> str:
+        return cfg.saliency_weighting
+
 
 class SnipSingle(SSFL):
     """SSFL's saliency from client 0's data alone: the ablation of federating the scores."""
@@ -101,12 +124,16 @@ class SnipSingle(SSFL):
     def setup_bytes(self, *, n_clients: int, n_prunable: int, mask: Mask) -> tuple[int, int]:
         return n_prunable * 4, n_clients * ((n_prunable + 7) // 8)
 
+    def _weighting(self, cfg) -> str:
+        return "client 0 only"
+
 
 class RandomStatic(Method):
     """A random shared mask (uniform over all weights, uniform per layer, or ERK), drawn from the seed."""
 
     name = "random"
     summary = "a random shared mask (--mask-distribution)"
+    options = {"mask_distribution": MASK_DISTRIBUTION}
 
     def label(self, cfg: dict) -> str:
         return f"{cfg['method']} ({cfg['mask_distribution']})" if cfg["method"] == "random" else cfg["method"]
@@ -122,6 +149,7 @@ class Magnitude(RandomStatic):
 
     name = "magnitude"
     summary = "the largest |w| of the shared initial weights"
+    options = {}
 
     def find_mask(self, ctx: MaskContext) -> Mask:
         return make_mask(ctx.flat, magnitude_mask(ctx.flat.flat.detach()[ctx.flat.prunable_idx], ctx.k))

@@ -17,12 +17,16 @@ from .. import fields
 from ..seeding import torch_gen
 from ..sparse import n_keep, topk_mask
 from ..training import local_train
+from .base import Option
 from .messages import MessageMethod
 
 
 class TopK(MessageMethod):
     name = "topk"
     summary = "dense model, top-k sparsified updates (--sparsity of the update; --error-feedback)"
+    prunes_model = False
+    options = {"error_feedback": Option(False, "clients add what they did not send to their next update "
+                                        "(residual kept per client, checkpointed)")}
 
     def label(self, cfg: dict) -> str:
         return "topk (error feedback)" if cfg.get("error_feedback") else "topk (no error feedback)"
