@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 import sys
 
-from .config import (AUGMENT_PADDINGS, DATASETS, DEVICES, LR_SCHEDULES, PLACEMENTS, PARTITIONS, load_toml,
-                     make_config, method_names, method_options, model_names)
+from .config import (AUGMENT_PADDINGS, DEVICES, LR_SCHEDULES, PLACEMENTS, PARTITIONS, load_toml,
+                     dataset_names, make_config, method_names, method_options, model_names)
 from .presets import list_presets, load_preset
 from .compare import METRICS
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE, Interrupted, RunError,
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 # (flag, type or choices, help). Defaults live in Config only: unset flags do not override the file.
 RUN_OPTIONS = [
     ("--method", method_names, "federated method (`ssfl-mpi presets` says one line on each)"),
-    ("--dataset", DATASETS, "data set; digits and synthetic ship offline"),
+    ("--dataset", dataset_names, "data set; digits and synthetic ship offline"),
     ("--data-root", str, "folder holding torchvision data sets"),
     ("--model", model_names, "model; auto picks by data set"),
     ("--clients", int, "number of virtual clients K"),
@@ -77,7 +77,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="FILE.h5", help="continue an interrupted run from its result "
                    "file (its settings are used; flags may change only paths, threads, device)")
     for flag, kind, text in RUN_OPTIONS:
-        if kind in (method_names, model_names):  # the registries' names, looked up when a parser is built
+        if kind in (method_names, model_names, dataset_names):  # the registries' names, looked up when a parser is built
             p.add_argument(flag, choices=kind(), default=argparse.SUPPRESS, help=text)
         elif isinstance(kind, tuple):
             p.add_argument(flag, choices=kind, default=argparse.SUPPRESS, help=text)
@@ -303,6 +303,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print("\nmethods (--method):")
         for name, method in registry().items():
             print(f"  {name:18s} {method.summary}")
+        from . import data
+
+        print("\ndata sets (--dataset; --model auto picks the model named):")
+        for name in data.names():
+            spec = data.spec(name)
+            print(f"  {name:18s} {spec.summary} [{spec.default_model}]")
     return EXIT_OK
 
 

@@ -13,9 +13,6 @@ from pathlib import Path
 from .errors import UsageError
 
 LR_SCHEDULES = ("constant", "exp-round", "exp-round-shifted", "cosine-restarts")
-DATASETS = ("digits", "synthetic", "mnist", "fashionmnist", "cifar10", "cifar100", "femnist", "shakespeare")
-TORCHVISION_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100")
-LEAF_DATASETS = ("femnist", "shakespeare")  # natural clients, read from LEAF's JSON files
 PARTITIONS = ("auto", "iid", "dirichlet", "dirichlet-balanced", "pathological", "natural")
 AUGMENT_PADDINGS = ("black", "mean")
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,7 +37,7 @@ class _Settings:
     momentum: float = 0.0
     weight_decay: float = 5e-4
     grad_clip: float = 10.0
-    partition: str = "auto"  # natural for LEAF data sets, dirichlet-balanced for the others
+    partition: str = "auto"  # natural for data sets with natural clients (LEAF), dirichlet-balanced otherwise
     alpha: float = 0.3
     classes_per_client: int = 2
     sparsity: float = 0.5
@@ -67,7 +64,7 @@ class _Settings:
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, method_names())
-        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("dataset", self.dataset, dataset_names())
         _check_choice("model", self.model, model_names())
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("augment-padding", self.augment_padding, AUGMENT_PADDINGS)
@@ -124,20 +121,17 @@ class _Settings:
         problem = get(self.method).check_config(self)
         if problem:
             raise UsageError(problem)
-        if self.partition == "natural" and self.dataset not in LEAF_DATASETS:
+        from . import data
+
+        ds = data.spec(self.dataset)
+        if self.partition == "natural" and not ds.natural:
+            natural = [n for n in data.names() if data.spec(n).natural]
             raise UsageError(f"--partition natural needs a data set with natural clients "
-                             f"({', '.join(LEAF_DATASETS)}), not {self.dataset}")
-        if self.dataset in LEAF_DATASETS:
-            if self.download:
-                raise UsageError(f"--download: {self.dataset} is not downloadable here; produce LEAF's JSON "
-                                 f"files with LEAF's preprocess.sh (see the README) and pass --data-root")
-            if not Path(self.data_root).is_dir():
-                raise UsageError(f"data root {self.data_root!r} is not a folder: pass --data-root LEAF's "
-                                 f"data/{self.dataset}/data folder (see the README)")
-        if self.dataset in TORCHVISION_DATASETS and not self.download:
-            if not Path(self.data_root).is_dir():
-                raise UsageError(f"data root {self.data_root!r} does not exist: put {self.dataset} "
-                                 f"there or pass --download (needs network)")
+                             f"({', '.join(natural)}), not {self.dataset}")
+        if self.download and ds.files and ds.fetch is None:
+            raise UsageError(f"--download: {self.dataset} is not downloadable here; {ds.obtain}")
+        if ds.files and not self.download and not Path(self.data_root).is_dir():
+            raise UsageError(f"data root {self.data_root!r} does not exist or is not a folder: {ds.obtain}")
 
     # Derived values are methods, never written back into the object.
     @property
@@ -148,7 +142,9 @@ class _Settings:
     def partition_scheme(self) -> str:
         if self.partition != "auto":
             return self.partition
-        return "natural" if self.dataset in LEAF_DATASETS else "dirichlet-balanced"
+        from . import data
+
+        return "natural" if data.spec(self.dataset).natural else "dirichlet-balanced"
 
     @property
     def sparse(self) -> bool:
@@ -201,6 +197,13 @@ def method_options() -> dict:
     from .methods import options
 
     return options()
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The data set registry's names (imports the data set modules)."""
+    from .data import names
+
+    return names()
 
 
 def model_names() -> tuple[str, ...]:

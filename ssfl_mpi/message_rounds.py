@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from . import fields, methods
+from . import fields
 from .clientstate import ClientStore
 from .lifecycle import poisoned
 from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
@@ -122,7 +122,7 @@ class MessageWorker:
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.cfg, self.flat, self.device = s, s.cfg, s.flat, s.device
         self.start = resume.round + 1 if resume else 1
-        self.method = methods.get(s.cfg.method)
+        self.method = s.method
         self.spec = local_spec(s.cfg, s.dataset)
 
     def run(self) -> None:

@@ -14,7 +14,7 @@ import torch
 from . import comm as mpi
 from . import lifecycle
 from . import data, models
-from .config import TORCHVISION_DATASETS, Config
+from .config import Config
 from .errors import Interrupted, RunError, UsageError
 from .lifecycle import STOP, StopFlag, inject_fault, peak_rss_mb
 from . import methods
@@ -66,6 +66,7 @@ class Setup:
     test_owner: np.ndarray | None  # the server's: client whose personal split holds each test sample
     model_name: str
     flat: FlatModel
+    method: methods.Method     # this run's own instance: whatever a method keeps lives for one run
     parts: list = field(default_factory=list)  # every client's sample indices
     stop: StopFlag = field(default_factory=lambda: STOP)
     t_setup: float = field(default_factory=time.perf_counter)  # when setup began (perf_counter)
@@ -135,7 +136,7 @@ def setup(cfg: Config, comm: mpi.Comm, *, resuming: bool = False) -> Setup:
         if comm.is_server:
             check_writable(cfg.out_path(), overwrite=cfg.overwrite or resuming)
             claim(cfg.out_path())
-            if cfg.download and cfg.dataset in TORCHVISION_DATASETS:  # one rank downloads, the rest wait
+            if cfg.download and data.spec(cfg.dataset).fetch is not None:  # one rank downloads, the rest wait
                 with Phase(f"download {cfg.dataset} into {cfg.data_root!r}", announce=True):
                     data.fetch(cfg.dataset, root=cfg.data_root)
     except UsageError as exc:
@@ -209,15 +210,16 @@ def _setup(cfg: Config, comm: mpi.Comm) -> Setup:
         if cfg.batch_clients > 1 and any(isinstance(m, RECURRENT_MODULES) for m in net.modules()):
             raise UsageError(f"--batch-clients: {model_name} has recurrent layers, which torch.func.vmap runs "
                              f"one client at a time (slower than --batch-clients 1)")
-        methods.get(cfg.method).prepare_model(flat, cfg=cfg)
+        method = methods.get(cfg.method)
+        method.prepare_model(flat, cfg=cfg)
         ph.detail = f": {flat.numel:,} parameters, {flat.n_prunable:,} prunable, on {device}"
-    if methods.get(cfg.method).sparse and n_keep(cfg.density, flat.n_prunable) == 0:
+    if method.sparse and n_keep(cfg.density, flat.n_prunable) == 0:
         raise UsageError(f"--sparsity {cfg.sparsity} keeps 0 of the {flat.n_prunable:,} prunable weights of "
                          f"{model_name}: the model could not learn; use a sparsity below "
                          f"{1 - 1 / flat.n_prunable:.9f}")
     return Setup(cfg=cfg, comm=comm, device=device, threads=threads, dataset=ds, sizes=sizes,
                  label_counts=counts, home=home, clients=clients, test=test, test_owner=owner,
-                 model_name=model_name, flat=flat, parts=parts, t_setup=t_setup)
+                 model_name=model_name, flat=flat, method=method, parts=parts, t_setup=t_setup)
 
 
 def local_spec(cfg: Config, dataset: data.Dataset) -> LocalSpec:
@@ -242,7 +244,7 @@ def find_mask(s: Setup) -> Mask:
                       mask_distribution=cfg.mask_distribution, spec=spec,
                       input_shape=tuple(s.dataset.input_shape), cfg=cfg,
                       reduce_max=s.comm.allreduce_max, reduce_sum_=s.comm.allreduce_sum_)
-    method = methods.get(cfg.method)
+    method = s.method
     with Phase(f"{cfg.method} mask on {s.comm.workers} worker rank(s)", announce=method.long_setup) as ph:
         mask = method.find_mask(ctx)
         ph.detail = f": {mask.n_kept:,} of {s.flat.n_prunable:,} prunable weights kept (density {mask.density:.4f})"
@@ -287,7 +289,7 @@ class ServerBase:
 
     def __init__(self, s: Setup, mask: Mask, resume: ResumePoint | None = None):
         self.s, self.mask, self.cfg = s, mask, s.cfg
-        self.method = methods.get(s.cfg.method)
+        self.method = s.method
         self.writer: ResultWriter | None = None
         self.resume = resume
         self.start = resume.round + 1 if resume else 1

@@ -11,7 +11,6 @@ from . import comm as mpi
 from .config import Config
 from .clientstate import check_arrays
 from .lifecycle import inject_fault
-from . import methods
 from .protocol import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
 from .message_rounds import MessageServer, MessageWorker
@@ -42,7 +41,7 @@ def resumed_mask(s: Setup, resume: ResumePoint) -> Mask:
     mask = make_mask(s.flat, torch.from_numpy(kept.astype(bool)))
     s.flat.flat.detach().mul_(mask.multiplier)
     if s.comm.is_server:
-        method = methods.get(s.cfg.method)
+        method = s.method
         expected = s.flat.numel if method.rounds != "static" else mask.payload
         if resume.vector.size != expected:
             error = (f"--resume: {str(resume.path)!r} cannot be resumed: its checkpoint vector holds "
@@ -61,7 +60,7 @@ def run(cfg: Config, comm: mpi.Comm, resume: ResumePoint | None = None) -> Path 
     s = setup(cfg, comm, resuming=resume is not None)
     inject_fault(comm.rank, 0)
     mask = resumed_mask(s, resume) if resume else find_mask(s)
-    server, worker = PROTOCOLS[methods.get(cfg.method).rounds]
+    server, worker = PROTOCOLS[s.method.rounds]
     if comm.is_server:
         return server(s, mask, resume).run()
     worker(s, mask, resume).run()

@@ -76,8 +76,25 @@ def write_mnist(name: str, root: Path, *, n_train: int, n_test: int, seed: int =
     return folder
 
 
+def write_svhn(name: str, root: Path, *, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """train_32x32.mat and test_32x32.mat as the SVHN site ships them (MATLAB 5 files): X uint8
+    [32, 32, 3, n], y uint8 [n, 1] with labels 1..10, where 10 stands for the digit 0."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        digit = rng.integers(0, 10, size=n)
+        digit[:10] = np.arange(min(n, 10))  # every class present
+        x = images(rng, digit, (3, 32, 32), 10)  # channel-major, as torchvision returns them
+        savemat(folder / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0),
+                                                "y": np.where(digit == 0, 10, digit).astype(np.uint8)[:, None]})
+    return folder
+
+
 def write(name: str, root: Path, *, n_train: int, n_test: int, seed: int = 0) -> Path:
-    writer = write_cifar if name in CIFAR_CLASSES else write_mnist
+    writer = write_cifar if name in CIFAR_CLASSES else write_svhn if name == "svhn" else write_mnist
     return writer(name, Path(root), n_train=n_train, n_test=n_test, seed=seed)
 
 
@@ -129,7 +146,7 @@ def write_leaf(name: str, root: Path, *, writers: int, per_writer: tuple[int, in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dataset", choices=(*CIFAR_CLASSES, *MNIST_FOLDERS, "femnist", "shakespeare"))
+    p.add_argument("dataset", choices=(*CIFAR_CLASSES, *MNIST_FOLDERS, "svhn", "femnist", "shakespeare"))
     p.add_argument("root")
     p.add_argument("--train", type=int, default=50000)
     p.add_argument("--test", type=int, default=10000)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ssfl_mpi import data, models
+from ssfl_mpi.data.vision import torchvision_class
 from ssfl_mpi.errors import UsageError
 from ssfl_mpi.sparse import FlatModel
 
@@ -72,7 +73,7 @@ def test_torchvision_layouts_load_through_the_users_code_path(tmp_path, monkeypa
         import torchvision.transforms as T
 
         mean, std = data.STATS[name]
-        tv = data._torchvision_class(name)(str(tmp_path), train=False)
+        tv = torchvision_class(name)(str(tmp_path), train=False)
         expected = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(tv[3][0])
         assert torch.equal(x[3], expected), name
 
@@ -158,3 +159,54 @@ def test_a_model_with_buffers_is_refused_in_one_line(monkeypatch):
                             "femnist-cnn": ("femnist", (1, 28, 28), 62), "cnn": ("digits", (1, 8, 8), 10)
                             }.get(name, ("cifar10", (3, 32, 32), 10))
             assert not list(models.build(name, dataset=ds, input_shape=shape, n_classes=n, seed=0).buffers())
+
+
+def test_svhn_mat_files_load_as_torchvision_reads_them(tmp_path, monkeypatch):
+    """SVHN is one module (data/svhn.py): loaded from the .mat layout, labels 10 -> 0, normalized as
+    ToTensor() then Normalize() on torchvision's own item, and known to config, --help and auto."""
+    import torchvision.transforms as T
+
+    from ssfl_mpi.config import Config
+    from ssfl_mpi.data.svhn import STATS, svhn_class
+    from tests.datagen import write
+
+    monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
+    write("svhn", tmp_path, n_train=60, n_test=20, seed=2)
+    ds = data.load("svhn", root=str(tmp_path), download=False)
+    assert (ds.n_classes, ds.input_shape, len(ds.train_labels), ds.augment) == (10, (3, 32, 32), 60, False)
+    assert sorted(set(ds.train_labels.tolist())) == list(range(10))  # 10 became 0
+    x, y = ds.test_set()
+    tv = svhn_class()(str(tmp_path), split="test")
+    assert y.tolist() == tv.labels.tolist()
+    assert torch.equal(x[5], T.Compose([T.ToTensor(), T.Normalize(*STATS)])(tv[5][0]))
+    assert data.STATS["svhn"] == STATS and models.resolve("auto", "svhn") == "resnet18"
+    assert Config(dataset="svhn", data_root=str(tmp_path)).partition_scheme == "dirichlet-balanced"
+
+
+def test_missing_or_damaged_svhn_files_are_one_line_errors(tmp_path, monkeypatch):
+    from tests.datagen import write
+
+    monkeypatch.delenv(data.UNVERIFIED_ENV, raising=False)
+    write("svhn", tmp_path, n_train=20, n_test=10)
+    with pytest.raises(UsageError, match="svhn not found under .*checksum"):  # generated: checksums differ
+        data.load("svhn", root=str(tmp_path), download=False)
+    monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
+    (tmp_path / "test_32x32.mat").write_bytes(b"not a mat file")
+    with pytest.raises(UsageError, match="svhn under .* is unreadable or truncated"):
+        data.load("svhn", root=str(tmp_path), download=False)
+
+
+def test_every_data_set_is_registered_with_what_the_tool_needs():
+    from ssfl_mpi.cli import build_parser
+    from ssfl_mpi.config import Config
+
+    assert data.names()[:2] == ("digits", "synthetic") and "svhn" in data.names()
+    run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+               if "--dataset" in a.option_strings)
+    assert tuple(run.choices) == data.names()
+    for name in data.names():
+        spec = data.spec(name)
+        assert spec.default_model in models.names() and spec.n_classes > 1, name
+        assert spec.fetch is None or spec.files, name
+    with pytest.raises(UsageError, match="unknown value 'svhm'"):
+        Config(dataset="svhm")

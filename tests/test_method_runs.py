@@ -190,3 +190,22 @@ def test_table_lists_every_variant_with_mean_spread_and_mb(runs):
     mb = np.mean(ssfl["rounds"]["bytes_up"] + ssfl["rounds"]["bytes_down"]) / 1e6
     row = next(line for line in lines if line.startswith("| ssfl |"))
     assert row == f"| ssfl | {acc:.1f} ({mb:.3f} MB) n=1 |"
+
+def test_svhn_runs_sweeps_and_tables_like_any_data_set(tmp_path):
+    """A data set added as one module: a run on 3 ranks, a sweep cell and a table row."""
+    from tests.datagen import write
+
+    write("svhn", tmp_path / "svhn", n_train=160, n_test=40, seed=3)
+    env = {"SSFL_MPI_TEST_UNVERIFIED_DATA": "1"}
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'out_dir = "{tmp_path}/cells"\nname = "{{method}}"\n[base]\ndataset = "svhn"\n'
+                    f'data_root = "{tmp_path}/svhn"\nmodel = "cnn"\nclients = 4\nclients_per_round = 2\n'
+                    f'rounds = 2\nlocal_epochs = 1\nthreads = 1\n[axes]\nmethod = ["ssfl", "synflow"]\n')
+    proc = launch(3, "sweep", str(grid), env=env)
+    assert proc.returncode == 0, proc.stderr
+    for method in ("ssfl", "synflow"):
+        r = read(tmp_path / "cells" / f"{method}.h5")
+        assert r["config"]["dataset"] == "svhn" and r["attrs"]["status"] == "complete"
+        assert r["rounds"]["round"].tolist() == [1, 2]
+    table = launch(1, "table", *map(str, sorted((tmp_path / "cells").glob("*.h5"))))
+    assert table.returncode == 0 and "| ssfl |" in table.stdout and "| synflow |" in table.stdout, table.stdout

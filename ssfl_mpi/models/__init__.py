@@ -17,12 +17,7 @@ from torch import nn
 from ..errors import UsageError
 from ._registry import BUILDERS, model
 
-__all__ = ["AUTO_MODEL", "build", "model", "names", "resolve"]
-
-# --model auto: the model each data set is trained with unless told otherwise
-AUTO_MODEL = {"digits": "cnn", "synthetic": "mlp", "mnist": "cnn", "fashionmnist": "cnn",
-              "cifar10": "resnet18", "cifar100": "resnet18", "femnist": "femnist-cnn",
-              "shakespeare": "char-lstm"}
+__all__ = ["build", "model", "names", "resolve"]
 
 _LOADED = False
 
@@ -56,4 +51,7 @@ def build(name: str, *, dataset: str, input_shape: tuple, n_classes: int, seed: 
 
 
 def resolve(name: str, dataset: str) -> str:
-    return AUTO_MODEL[dataset] if name == "auto" else name
+    """--model auto is the data set's own default (its module declares it)."""
+    from .. import data
+
+    return data.spec(dataset).default_model if name == "auto" else name
