@@ -309,6 +309,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
         for name in data.names():
             spec = data.spec(name)
             print(f"  {name:18s} {spec.summary} [{spec.default_model}]")
+        from . import models
+
+        print(f"\nmodels (--model): {', '.join(models.names())}")
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""A run's life outside the algorithm: stop signals, test-only fault injection, memory figures."""
+"""A run's life outside the algorithm: stop signals, liveness, memory figures. (The tests inject faults
+from outside, through tests/faults/sitecustomize.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 
 from .errors import UsageError
 
-FAULT_ENV = "SSFL_MPI_TEST_FAULT"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
@@ -65,40 +65,6 @@ def heartbeat():
 def alive() -> None:
     if _heartbeat is not None:
         _heartbeat()
-
-
-def _faults() -> list[list[str]]:
-    """SSFL_MPI_TEST_FAULT: comma-separated faults, each KIND:...; tests only.
-
-    RANK:ROUND           raise an exception on that rank at the start of that round
-    kill:RANK:ROUND      SIGKILL that rank at the start of that round
-    term:RANK:ROUND      SIGTERM that rank at the start of that round (a graceful stop); also
-                         usr1:, int: and stop: for SIGUSR1, SIGINT and SIGSTOP (a rank that
-                         stops responding). Round 0 is the setup, before the
-                         mask is found; round R+1 is after the last round.
-    nan:CLIENT:ROUND     that client's update carries a NaN
-    diskfull:N:0         the first commit of the result file once it holds N rows fails with ENOSPC
-    count:RANK:ROUND     that rank sends one value too few
-    """
-    spec = os.environ.get(FAULT_ENV, "")
-    return [item.split(":") for item in spec.split(",") if item]
-
-
-FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "usr1": signal.SIGUSR1, "int": signal.SIGINT,
-                 "stop": signal.SIGSTOP}
-
-
-def inject_fault(rank: int, r: int) -> None:
-    for parts in _faults():
-        if parts == [str(rank), str(r)]:
-            raise RuntimeError(f"injected fault ({FAULT_ENV}={':'.join(parts)})")
-        if parts[1:] == [str(rank), str(r)] and parts[0] in FAULT_SIGNALS:
-            os.kill(os.getpid(), FAULT_SIGNALS[parts[0]])
-
-
-def poisoned(kind: str, who: int, r: int) -> bool:
-    """Whether fault `kind` (nan, count) is injected for client/rank `who` in round r."""
-    return [kind, str(who), str(r)] in _faults()
 
 
 def seconds_since_start() -> float:

@@ -17,9 +17,9 @@ import torch
 
 from . import fields
 from .clientstate import ClientStore
-from .lifecycle import poisoned
-from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
-                       report_rss, send_meta, worker_rounds)
+from .round_plan import RoundPlan, gather_meta, new_meta, report_rss, send_meta, worker_rounds
+from .run_setup import ResumePoint, Setup, local_spec
+from .server import ServerBase
 from .sparse import Mask, make_mask
 
 
@@ -56,8 +56,19 @@ class MessageServer(ServerBase):
         return self.store.arrays
 
     def _round(self, r: int) -> dict:
-        comm = self.s.comm
+        """Down, finish the previous round while the workers train, up, aggregate."""
         plan = RoundPlan(self.s, r)
+        own, traffic_down = self._send_down(plan)
+        self._finish_previous()
+        own_reply = (self.local.train(plan, own) if self.local else
+                     (np.empty(0, np.int64), np.empty(0, np.uint8), None))
+        received, meta = self._gather_up(plan, *own_reply)
+        return self._aggregate(plan, received, meta, traffic_down)
+
+    def _send_down(self, plan: RoundPlan) -> tuple[dict[int, np.ndarray], fields.Traffic]:
+        """The method's downlink to the round's clients; the workers' side is `MessageWorker._receive`.
+        Returns the messages of the server's own clients and the downlink's traffic."""
+        comm, r = self.s.comm, plan.r
         down = self.method.downlink(self, r, plan.clients)
         shared = isinstance(down, dict)
         msgs = [fields.encode(down)] if shared else [fields.encode(m) for m in down]
@@ -75,16 +86,25 @@ class MessageServer(ServerBase):
         traffic_down = fields.Traffic()
         for m in msgs:
             traffic_down.add(m, times=len(plan.clients) if shared else 1)
-        self._finish_previous()
-        own_len, own_buf, own_meta = (self.local.train(plan, own) if self.local else
-                                      (np.empty(0, np.int64), np.empty(0, np.uint8), None))
+        return own, traffic_down
+
+    def _gather_up(self, plan: RoundPlan, own_len: np.ndarray, own_buf: np.ndarray,
+                   own_meta: np.ndarray | None) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """Every sampled client's reply and metadata; the workers' side is `MessageWorker._send_up`."""
+        comm = self.s.comm
         up_len = comm.gatherv(own_len, plan.per_rank)
         up = comm.gatherv(own_buf, _rank_sums(up_len, plan.per_rank))
         meta = gather_meta(comm, plan, own_meta)
-        t0 = time.perf_counter()
-        row, order, sizes = self._round_row(r, plan, meta)
         offsets = np.concatenate([[0], np.cumsum(up_len)])
         received = {int(meta["client"][i]): up[offsets[i]: offsets[i + 1]] for i in range(len(up_len))}
+        return received, meta
+
+    def _aggregate(self, plan: RoundPlan, received: dict[int, np.ndarray], meta: np.ndarray,
+                   traffic_down: fields.Traffic) -> dict:
+        """The finite replies folded in by the method; the round's row with its traffic."""
+        r = plan.r
+        t0 = time.perf_counter()
+        row, order, sizes = self._round_row(r, plan, meta)
         traffic_up = fields.Traffic()
         updates, weights = {}, {}
         for j, i in enumerate(order):
@@ -129,6 +149,7 @@ class MessageWorker:
         worker_rounds(self.s, self.start, lambda r: self._round(RoundPlan(self.s, r)))
 
     def _receive(self, plan: RoundPlan) -> dict[int, np.ndarray]:
+        """The workers' side of `MessageServer._send_down`: this rank's clients' messages."""
         comm = self.s.comm
         lengths = np.empty(len(plan.clients) + 1, dtype=np.int64)
         comm.bcast_(lengths)
@@ -143,8 +164,11 @@ class MessageWorker:
         return _split(buf, plan.clients[mine], lengths[mine])
 
     def _round(self, plan: RoundPlan) -> None:
+        self._send_up(plan, *self.train(plan, self._receive(plan)))
+
+    def _send_up(self, plan: RoundPlan, lengths: np.ndarray, buf: np.ndarray, meta: np.ndarray) -> None:
+        """The workers' side of `MessageServer._gather_up` (and of the server's memory gather)."""
         comm = self.s.comm
-        lengths, buf, meta = self.train(plan, self._receive(plan))
         comm.gatherv(lengths, plan.per_rank)
         counts = np.zeros(comm.size, dtype=np.int64)
         counts[comm.rank] = lengths.sum()  # only the root's counts matter to Gatherv
@@ -164,17 +188,10 @@ class MessageWorker:
             msg = fields.decode(received[cid])
             packing = time.perf_counter() - t0
             reply, loss = self.method.client_update(self, cid, msg, x, y, r)
-            if poisoned("nan", cid, r):
-                first = next(k for k, f in reply.items() if f.role == "values")
-                bad = torch.as_tensor(reply[first].data).clone()
-                bad.view(-1)[0] = float("nan")
-                reply[first] = fields.values(bad)
             t1 = time.perf_counter()
             out.append(fields.encode(reply))
             packing += time.perf_counter() - t1
             meta[i] = cid, len(y), loss, time.perf_counter() - t0, 0.0, packing
         lengths = np.array([m.size for m in out], dtype=np.int64)
         buf = np.concatenate(out) if out else np.empty(0, np.uint8)
-        if poisoned("count", s.comm.rank, r):
-            buf = buf[:-1]
         return lengths, buf, meta

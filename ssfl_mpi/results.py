@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -19,7 +18,6 @@ import h5py
 import numpy as np
 
 from .errors import UsageError, WriteFailed
-from .lifecycle import poisoned
 
 # 5: local_accuracy; run_id and sha256_<group> of the bulk groups (checked by read and --resume); 4:
 # time_compute_mean/pack/wait/aggregate/commit, startup_s, setup_s; 3: density_up/down,
@@ -284,8 +282,6 @@ class ResultWriter:
             if split:
                 writes.append((companion(self.path), self._image(bulk=True)))
             self.bulk_dirty = False
-        if "round" in self.f["rounds"] and poisoned("diskfull", self.n_rounds, 0):
-            self._fail(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         self.f.attrs["sha256_attrs"] = attrs_digest(self.f.attrs)
         self.f.flush()  # after the last change: the image is of what is flushed
         writes.append((self.path, self._image(bulk=False) if split else self.f.id.get_file_image()))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import Config, make_config
 from .errors import UsageError, same_on_every_rank
-from .protocol import ResumePoint
+from .run_setup import ResumePoint
 from .results import read_checkpoint
 
 

@@ -10,8 +10,7 @@ import torch
 from . import comm as mpi
 from .config import Config
 from .clientstate import check_arrays
-from .lifecycle import inject_fault
-from .protocol import ResumePoint, Setup, find_mask, setup
+from .run_setup import ResumePoint, Setup, find_mask, setup
 from .sparse import Mask, make_mask
 from .message_rounds import MessageServer, MessageWorker
 from .static_rounds import CLIENT_STATE, StaticServer, StaticWorker
@@ -58,7 +57,6 @@ def resumed_mask(s: Setup, resume: ResumePoint) -> Mask:
 def run(cfg: Config, comm: mpi.Comm, resume: ResumePoint | None = None) -> Path | None:
     """Returns the result path on the server, None on workers."""
     s = setup(cfg, comm, resuming=resume is not None)
-    inject_fault(comm.rank, 0)
     mask = resumed_mask(s, resume) if resume else find_mask(s)
     server, worker = PROTOCOLS[s.method.rounds]
     if comm.is_server:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .aggregation import weighted_average
-from .lifecycle import poisoned
-from .protocol import (ResumePoint, RoundPlan, ServerBase, Setup, gather_meta, local_spec, new_meta,
-                       report_rss, send_meta, worker_rounds)
+from .round_plan import RoundPlan, gather_meta, new_meta, report_rss, send_meta, worker_rounds
+from .run_setup import ResumePoint, Setup, local_spec
+from .server import ServerBase
 from .seeding import torch_gen
 from .sparse import Mask, pack, unpack
 from .training import local_train, local_train_batched, predict
@@ -68,6 +68,9 @@ class StaticServer(ServerBase):
         return float(scored.mean()) if len(scored) else float("nan")
 
     def _round(self, r: int) -> dict:
+        """Down (one Bcast of the packed values), finish the previous round while the workers train,
+        up (one Gatherv of packed updates, then their metadata), aggregate. The workers' side of each
+        collective is in `StaticWorker._round`, in the same order."""
         comm = self.s.comm
         plan = RoundPlan(self.s, r, self.mask.payload)
         comm.bcast_(self.global_np)
@@ -133,7 +136,7 @@ class StaticWorker:
 
     def train(self, plan: RoundPlan, global_np: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This rank's clients of the round from the global vector: (packed updates, metadata)."""
-        s, comm, payload = self.s, self.s.comm, self.mask.payload
+        s, payload = self.s, self.mask.payload
         mine = plan.mine(s)
         global_t = torch.from_numpy(global_np).to(s.device)
         if self.send.size < len(mine) * payload:
@@ -165,10 +168,6 @@ class StaticWorker:
                     pack(trained[j], self.mask.send_idx, out=out)
                 else:
                     out.copy_(pack(trained[j], self.mask.send_idx))
-                if poisoned("nan", cid, plan.r):
-                    out[0] = float("nan")
                 packed = time.perf_counter() - t1 + packing / len(group)
                 meta[i] = cid, len(data[j][1]), losses[j], seconds + packed, 0.0, packed
-        if poisoned("count", comm.rank, plan.r):
-            send = send[:-1]
         return send, meta

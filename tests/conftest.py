@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# Every process the tests start (mpiexec ranks, Slurm jobs) imports tests/faults/sitecustomize.py,
+# which injects the faults a test asks for in SSFL_MPI_TEST_FAULT and does nothing otherwise.
+FAULTS = str(Path(__file__).resolve().parent / "faults")
+if FAULTS not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FAULTS, os.environ.get("PYTHONPATH", "")) if p)
+
 
 def launched_by_mpirun() -> bool:
     size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "1"

@@ -290,12 +290,13 @@ def test_a_static_method_in_one_new_file_is_everywhere(tmp_path):
     """One file in the methods package (here on its search path) and nothing else edited."""
     (tmp_path / "mymethod.py").write_text(textwrap.dedent('''
         from ssfl_mpi.masks import magnitude_mask
-        from ssfl_mpi.methods.base import Method
+        from ssfl_mpi.methods.base import Method, Option
         from ssfl_mpi.sparse import make_mask
 
         class SmallestFirst(Method):
             name = "smallest-first"
             summary = "keeps the smallest |w| (a test method)"
+            options = {"smallest_margin": Option(3, "a setting of its own", minimum=1)}
 
             def find_mask(self, ctx):
                 return make_mask(ctx.flat, ~magnitude_mask(ctx.flat.flat.detach()[ctx.flat.prunable_idx],
@@ -307,10 +308,17 @@ def test_a_static_method_in_one_new_file_is_everywhere(tmp_path):
         m.__path__.append({str(tmp_path)!r})
         from ssfl_mpi.config import Config
         from ssfl_mpi.cli import main
-        Config(method="smallest-first")
+        from ssfl_mpi.errors import UsageError
+        assert Config(method="smallest-first").smallest_margin == 3
+        try:
+            Config(method="smallest-first", smallest_margin=0)
+            sys.exit("a bad value of the method's own option was accepted")
+        except UsageError as exc:
+            assert "--smallest-margin must be >= 1" in str(exc), exc
         sys.exit(main(sys.argv[1:]))
     ''')
-    for args, expect in ((["presets"], "smallest-first"), (["run", "--help"], "smallest-first")):
+    for args, expect in ((["presets"], "smallest-first"), (["run", "--help"], "smallest-first"),
+                         (["run", "--help"], "--smallest-margin")):
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert expect in proc.stdout
@@ -329,6 +337,20 @@ def test_registry_refuses_a_name_defined_twice(monkeypatch):
     monkeypatch.setattr(m, "_REGISTRY", None)
     with pytest.raises(RuntimeError, match="defined twice"):
         registry()
+    monkeypatch.setattr(m, "_REGISTRY", None)
+
+
+def test_an_option_declared_twice_differently_is_refused(monkeypatch):
+    import ssfl_mpi.methods as m
+    from ssfl_mpi.methods import options
+    from ssfl_mpi.methods.base import Option
+    from ssfl_mpi.methods.dispfl import DisPFL
+
+    assert options()["readjust_ratio"][1] == ("dispfl", "feddst")  # one declaration, shared
+    monkeypatch.setattr(DisPFL, "options", {**DisPFL.options, "readjust_ratio": Option(0.5, "another default")})
+    monkeypatch.setattr(m, "_REGISTRY", None)
+    with pytest.raises(RuntimeError, match="declared differently"):
+        options()
     monkeypatch.setattr(m, "_REGISTRY", None)
 
 

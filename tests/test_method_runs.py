@@ -170,6 +170,8 @@ def test_presets_subcommand_lists_them():
     proc = launch(1, "presets")
     assert proc.returncode == 0
     assert "paper-cifar10" in proc.stdout and "digits-compare" in proc.stdout
+    for name in ("synflow", "random-k", "svhn", "vgg11"):  # each registry's newest entry
+        assert f"{name} " in proc.stdout or f"{name}," in proc.stdout or proc.stdout.rstrip().endswith(name), name
 
 
 def test_table_lists_every_variant_with_mean_spread_and_mb(runs):

@@ -35,3 +35,10 @@ def test_run_sbatch_passes_options_and_threads(tmp_path):
     bad = subprocess.run(["bash", str(ROOT / "slurm/run.sbatch")], capture_output=True, text=True,
                          env={**env, "SSFL_LAUNCHER": "aprun"})
     assert bad.returncode == 2 and "SSFL_LAUNCHER" in bad.stderr
+
+
+def test_fault_injection_lives_outside_the_production_code():
+    """The tests inject faults through tests/faults/sitecustomize.py; the package never reads the switch."""
+    sources = {p: p.read_text() for p in (ROOT / "ssfl_mpi").rglob("*.py")}
+    assert not [str(p) for p, text in sources.items() if "SSFL_MPI_TEST_FAULT" in text or "inject_fault" in text]
+    assert "SSFL_MPI_TEST_FAULT" in (ROOT / "tests" / "faults" / "sitecustomize.py").read_text()

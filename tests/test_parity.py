@@ -15,7 +15,7 @@ from ssfl_mpi import data, models
 from ssfl_mpi.config import make_config
 from ssfl_mpi.methods import MaskContext, get
 from ssfl_mpi.presets import load_preset
-from ssfl_mpi.protocol import local_spec
+from ssfl_mpi.run_setup import local_spec
 from ssfl_mpi.seeding import torch_gen
 from ssfl_mpi.sparse import FlatModel, n_keep
 from ssfl_mpi.training import LocalSpec, split_accuracy

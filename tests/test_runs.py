@@ -161,7 +161,7 @@ def test_local_accuracy_is_each_clients_last_local_model_on_its_own_split(tmp_pa
     from ssfl_mpi import data, models
     from ssfl_mpi.config import make_config
     from ssfl_mpi.partition import label_counts, proportional_test_split, split_for
-    from ssfl_mpi.protocol import local_spec
+    from ssfl_mpi.run_setup import local_spec
     from ssfl_mpi.seeding import np_rng, torch_gen, torch_seed
     from ssfl_mpi.sparse import FlatModel, make_mask, unpack
     from ssfl_mpi.training import local_train, predict

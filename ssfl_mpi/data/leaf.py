@@ -26,10 +26,10 @@ def _leaf_split(name: str, folder: str) -> dict[str, tuple[list, list]]:
 
     if not os.path.isdir(folder):
         raise UsageError(f"{name}: no folder {folder!r}: --data-root must be LEAF's data/{name}/data folder "
-                         f"holding train/ and test/ (see the README for LEAF's preprocess.sh)")
+                         f"holding train/ and test/ (see docs/DATA.md for LEAF's preprocess.sh)")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".json"))
     if not files:
-        raise UsageError(f"{name}: no .json files in {folder!r} (run LEAF's preprocess.sh; see the README)")
+        raise UsageError(f"{name}: no .json files in {folder!r} (run LEAF's preprocess.sh; see docs/DATA.md)")
     users: dict[str, tuple[list, list]] = {}
     for fname in files:
         path = os.path.join(folder, fname)
@@ -48,7 +48,7 @@ def _leaf_split(name: str, folder: str) -> dict[str, tuple[list, list]]:
             raise UsageError(f"{name}: {path!r} is not a LEAF data file ({type(exc).__name__}: {exc})") from None
     if not users:
         raise UsageError(f"{name}: the .json files in {folder!r} list no users (an empty LEAF split: run LEAF's "
-                         f"preprocess.sh again; see the README)")
+                         f"preprocess.sh again; see docs/DATA.md)")
     return users
 
 
@@ -107,7 +107,7 @@ def load_leaf(name: str, root: str) -> Dataset:
 
 def _register(name: str, *, default_model: str, summary: str) -> None:
     @dataset(name, n_classes=LEAF[name], default_model=default_model, summary=summary, files=True, natural=True,
-             obtain=f"pass --data-root LEAF's data/{name}/data folder (see the README)")
+             obtain=f"pass --data-root LEAF's data/{name}/data folder (see docs/DATA.md)")
     def load(*, root: str, **_) -> Dataset:
         return load_leaf(name, root)
 
