@@ -70,6 +70,7 @@ def test_dispfl_keeps_personal_models_and_reports_their_accuracy(runs):
     r = runs["dispfl", 3]
     rounds, clients = r["rounds"], r["checkpoint"]["clients"]
     assert clients["mask"].shape == (8, r["attrs"]["n_prunable"]) and clients["weights"].shape == (8, r["attrs"]["n_params"])
+    assert clients["shared"].shape == clients["mask"].shape  # the mask each client's weights were trained in
     assert np.isfinite(rounds["personal_accuracy"]).all()
     assert not np.array_equal(rounds["personal_accuracy"], rounds["client_accuracy"])
     # every client's stored weights are zero outside its own mask

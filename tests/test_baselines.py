@@ -2,6 +2,8 @@
 checked in-process against hand-computed answers and invariants."""
 
 import math
+
+import numpy as np
 import subprocess
 import sys
 import textwrap
@@ -235,6 +237,79 @@ def test_dispfl_neighbours_are_distinct_others_plus_self_and_seeded():
     assert len(group) == 11 == len(set(group)) and 7 in group
     assert group == DisPFL().neighbours(cfg, 7, 3) and group != DisPFL().neighbours(cfg, 7, 4)
     assert DisPFL().neighbours(Config(method="dispfl", clients=4, clients_per_round=2), 1, 1) == [0, 1, 2, 3]
+
+
+def _dispfl_reference(flat, cfg, rounds, clients_of, data_of):
+    """DisPFL's data flow written out from dispfl_api.py, per layer, with its own state: each client's
+    trained weights `w_per`, the mask they were trained in `shared`, its current mask `local`.
+    Training and prune-and-regrow are the method's own (tested on their own above)."""
+    from ssfl_mpi.masks import random_mask
+    from ssfl_mpi.seeding import torch_gen
+
+    init = flat.flat.detach().clone()
+    k = n_keep(cfg.density, flat.n_prunable)
+    local = [random_mask(flat.prunable_shapes(), k, "erk", torch_gen(cfg.seed, "client-mask", c))
+             for c in range(cfg.clients)]
+    shared = [m.clone() for m in local]
+    w_per = [init * make_mask(flat, m).multiplier for m in local]
+    for r in range(1, rounds + 1):
+        last_w, last_shared = [w.clone() for w in w_per], [m.clone() for m in shared]
+        for c in clients_of(r):
+            group = DisPFL().neighbours(cfg, c, r)
+            full = []
+            for w, m in ((last_w[j], last_shared[j]) for j in group):  # a dense copy of each shared mask
+                held = torch.ones(flat.numel, dtype=torch.bool)
+                held[flat.prunable_idx] = m
+                full.append((w.double(), held.double()))
+            count = sum(h for _, h in full)
+            total = sum(w for w, _ in full)
+            avg = torch.where(count > 0, total / torch.clamp(count, min=1), 0.0).float()
+            start = avg * make_mask(flat, local[c]).multiplier  # cut to the current mask only now
+            flat.flat.detach().copy_(start)
+            x, y = data_of(c)
+            local_train(flat, x, y, spec=SPEC, multiplier=make_mask(flat, local[c]).multiplier,
+                        gen=torch_gen(cfg.seed, "shuffle", c, r), round_=r)
+            trained = flat.flat.detach().clone()
+            new = DisPFL().prune_regrow(flat, local[c], x, y, cid=c, r=r, cfg=cfg)
+            w_per[c], shared[c], local[c] = trained, local[c].clone(), new
+    return w_per, shared, local
+
+
+def test_dispfl_follows_its_authors_data_flow_bit_for_bit():
+    """Three rounds of the method's hooks (downlink, client_update, aggregate) against the data
+    flow written out above: every client's weights, shared and current masks are bit-identical."""
+    from ssfl_mpi.clientstate import ClientStore
+
+    cfg = Config(method="dispfl", clients=5, clients_per_round=3, neighbours=2, sparsity=0.6, rounds=6,
+                 readjust_ratio=0.5, regrow="random")
+    xs = {c: data(24, seed=c) for c in range(5)}
+
+    def clients_of(r):
+        from ssfl_mpi.seeding import sample_clients
+        return [int(c) for c in sample_clients(cfg.seed, r, cfg.clients, cfg.clients_per_round)]
+
+    ref_w, ref_shared, ref_local = _dispfl_reference(cnn_flat(), cfg, 3, clients_of, lambda c: xs[c])
+    flat = cnn_flat()
+    method = DisPFL()
+    srv = SimpleNamespace(cfg=cfg, flat=flat, global_flat=flat.flat.detach().clone(),
+                          store=ClientStore(method.client_state(cfg, flat), cfg.clients))
+    method.init_clients(srv)
+    wk = SimpleNamespace(flat=cnn_flat(), cfg=cfg, spec=SPEC, device=torch.device("cpu"))
+    for r in range(1, 4):
+        clients = np.array(clients_of(r))
+        downs = method.downlink(srv, r, clients)
+        replies = {}
+        for cid, msg in zip(clients.tolist(), downs):
+            decoded = fields.decode(fields.encode(msg))
+            reply, _ = method.client_update(wk, cid, decoded, *xs[cid], r)
+            replies[cid] = fields.decode(fields.encode(reply))
+        method.aggregate(srv, r, replies, {c: 24.0 for c in replies})
+    for c in range(5):
+        assert torch.equal(srv.store.get("weights", c), ref_w[c]), c
+        assert torch.equal(srv.store.get("shared", c), ref_shared[c]), c
+        assert torch.equal(srv.store.get("mask", c), ref_local[c]), c
+    # a regrown weight starts from the neighbours' trained values, not from a held zero
+    assert any(not torch.equal(ref_shared[c], ref_local[c]) for c in range(5))
 
 
 # --- LotteryFL -------------------------------------------------------------------------

@@ -2,16 +2,21 @@
 
 Every client owns a personal mask (ERK layer densities, random per client) and personal weights;
 the server keeps both for every client (checkpointed) and computes each sampled client's
-neighbour average: the previous weights of `--neighbours` random other clients and its own,
-averaged per coordinate over those whose mask holds it (uniform, not size-weighted; 0 where none
-does), then masked with the client's own mask. The client trains inside its mask, then per tensor
-prunes the ceil(r_t * nnz) smallest |w| it holds, r_t = (a/2)(1 + cos(pi t / T)) with
+neighbour average. The data flow is DisPFL's own (dispfl_api.py, `_aggregate_func`): a client's
+shared model is the weights it trained, on the mask it trained them in (`shared`); the average
+of the previous round's shared models of `--neighbours` random other clients and its own is
+taken per coordinate over those whose shared mask holds it (uniform, not size-weighted; 0 where
+none does), and only then cut to the client's current mask, the one its last prune-and-regrow
+produced. A freshly regrown weight thus starts from its neighbours' trained values where they
+hold it (0 where none does), never from a held zero. The client trains inside its mask, then per
+tensor prunes the ceil(r_t * nnz) smallest |w| it holds, r_t = (a/2)(1 + cos(pi t / T)) with
 a = --readjust-ratio (DisPFL: 0.5), and regrows as many of the then inactive weights by the
-gradient magnitude of one dense minibatch (--regrow gradient) or at random (--regrow random);
-a weight pruned and regrown in the same step keeps its value, one grown anew starts at 0.
+gradient magnitude of one dense minibatch (--regrow gradient) or at random (--regrow random; the
+published script's --dis_gradient_check). Its trained weights are not cut to the new mask.
 
-Traffic: down, the values on the client's mask (a client holds its own mask, so the mask travels
-as client state, not counted); up, the values on its new mask and the mask's changes.
+Traffic: down, the values on the client's current mask (a client holds its own mask, so the mask
+travels as client state, not counted); up, the trained values on the mask it trained in and the
+mask's changes (which the server needs to know its new mask).
 Participation: --clients-per-round = --clients is the published setting (all clients every
 round); fewer is the FedAvg-like sample. The global accuracy is that of the average of all
 clients' models over their mask holders (DisPFL itself reports only the personalized one).
@@ -64,7 +69,9 @@ class DisPFL(MessageMethod):
         return f"dispfl ({cfg.get('regrow', 'gradient')} regrowth, {part})"
 
     def client_state(self, cfg, flat):
-        return {"mask": (bool, flat.n_prunable), "weights": (np.float32, flat.numel)}
+        """mask: the client's current mask; shared: the mask its weights were trained in."""
+        return {"mask": (bool, flat.n_prunable), "shared": (bool, flat.n_prunable),
+                "weights": (np.float32, flat.numel)}
 
     def _multiplier(self, flat: FlatModel, kept: torch.Tensor) -> torch.Tensor:
         return make_mask(flat, kept).multiplier.cpu()
@@ -75,6 +82,7 @@ class DisPFL(MessageMethod):
         for cid in range(cfg.clients):
             kept = random_mask(flat.prunable_shapes(), k, "erk", torch_gen(cfg.seed, "client-mask", cid))
             srv.store.put("mask", cid, kept)
+            srv.store.put("shared", cid, kept)
             srv.store.put("weights", cid, srv.global_flat * self._multiplier(flat, kept))
 
     def neighbours(self, cfg, cid: int, r: int) -> list[int]:
@@ -89,7 +97,7 @@ class DisPFL(MessageMethod):
         for cid in clients:
             cid = int(cid)
             group = self.neighbours(srv.cfg, cid, r)
-            avg = holder_average(flat, [store.get("weights", j) for j in group], [store.get("mask", j) for j in group])
+            avg = holder_average(flat, [store.get("weights", j) for j in group], [store.get("shared", j) for j in group])
             own = make_mask(flat, store.get("mask", cid))
             out.append({"values": fields.values(take(avg, own.send_idx.cpu())),
                         "mask": fields.state(store.get("mask", cid))})
@@ -107,9 +115,7 @@ class DisPFL(MessageMethod):
         loss = local_train(flat, x, y, spec=wk.spec, multiplier=mask.multiplier,
                            gen=torch_gen(cfg.seed, "shuffle", cid, r), round_=r)
         new = self.prune_regrow(flat, old, x, y, cid=cid, r=r, cfg=cfg)
-        kept = make_mask(flat, new)
-        w.mul_(kept.multiplier)
-        return {"values": fields.values(take(w, kept.send_idx)), "changes": fields.index((new ^ old).cpu())}, loss
+        return {"values": fields.values(take(w, mask.send_idx)), "changes": fields.index((new ^ old).cpu())}, loss
 
     def prune_regrow(self, flat: FlatModel, old: torch.Tensor, x, y, *, cid: int, r: int, cfg) -> torch.Tensor:
         """Per prunable tensor: prune ceil(r_t * nnz) smallest |w|, regrow as many inactive weights."""
@@ -144,16 +150,17 @@ class DisPFL(MessageMethod):
         flat, store = srv.flat, srv.store
         changes, up, down = 0, [], []
         for cid, msg in updates.items():
-            old, kept = apply_changes(srv, r, cid, msg)
+            old, _ = apply_changes(srv, r, cid, msg, values_on="old")
             weights = torch.zeros(flat.numel)
-            weights[kept.send_idx.cpu()] = msg["values"]
+            weights[old.send_idx.cpu()] = msg["values"]
             store.put("weights", cid, weights)
+            store.put("shared", cid, old.kept)
             changes += int(msg["changes"].sum())
-            up.append(kept.density)
-            down.append(float(old.double().mean()))  # the mask its values came down on
+            up.append(old.density)  # the values went up on the mask they were trained in
+            down.append(old.density)  # which is the mask they came down on
         everyone = range(srv.cfg.clients)
         srv.global_flat.copy_(holder_average(flat, [store.get("weights", j) for j in everyone],
-                                             [store.get("mask", j) for j in everyone]))
+                                             [store.get("shared", j) for j in everyone]))
         return {"mask_changes": changes, "density_up": float(np.mean(up)), "density_down": float(np.mean(down))}
 
     def personal_vector(self, srv, cid):

@@ -82,7 +82,7 @@ class LotteryFL(MessageMethod):
         changes, up, down = 0, [], []
         for cid, msg in updates.items():
             old, kept = apply_changes(srv, r, cid, msg)
-            down.append(float(old.double().mean()))
+            down.append(old.density)
             idx = kept.send_idx.cpu()
             total[idx] += msg["values"].double()
             count[idx] += 1.0

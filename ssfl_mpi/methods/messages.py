@@ -67,13 +67,15 @@ def load_masked(flat: FlatModel, values: torch.Tensor, kept: torch.Tensor) -> Ma
     return mask
 
 
-def apply_changes(srv, r: int, cid: int, msg: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Mask]:
-    """A client that keeps its own mask sent its values on its new mask and the changed positions:
-    store the new mask; returns (the old mask, the new one), the values' count checked against it."""
-    old = srv.store.get("mask", cid).clone()
-    new = make_mask(srv.flat, old ^ msg["changes"])
-    if msg["values"].numel() != new.payload:
-        raise RuntimeError(f"round {r}: client {cid} sent {msg['values'].numel()} values for a mask of {new.payload}")
+def apply_changes(srv, r: int, cid: int, msg: dict[str, torch.Tensor], *, values_on: str = "new") -> tuple[Mask, Mask]:
+    """A client that keeps its own mask sent its values and the changed positions of its mask: store
+    the new mask; returns (the old mask, the new one). The values' count is checked against the mask
+    they were sent on: the new one, or the old one (`values_on="old"`: the mask it trained in)."""
+    old = make_mask(srv.flat, srv.store.get("mask", cid).clone())
+    new = make_mask(srv.flat, old.kept ^ msg["changes"].to(old.kept.device))
+    expected = (new if values_on == "new" else old).payload
+    if msg["values"].numel() != expected:
+        raise RuntimeError(f"round {r}: client {cid} sent {msg['values'].numel()} values for a mask of {expected}")
     srv.store.put("mask", cid, new.kept)
     return old, new
 
